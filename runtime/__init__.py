@@ -1,1 +1,20 @@
-"""cogenesis.runtime."""
+"""cogenesis.runtime: the torch-free on-device runtime (numpy + onnxruntime + tokenizers + jinja2).
+
+    import cogenesis.runtime as rt
+    model = rt.load("artifacts/bundles/smollm2-int4")
+    print(model.generate([{"role": "user", "content": "Hi"}], max_new_tokens=32).text)
+"""
+
+from cogenesis.bundle import BundleError
+
+from .edge import EdgeModel
+from .generate import GenerationResult, GenerationStats
+from .sampling import Sampler, SamplingConfig
+
+
+def load(bundle, threads: int | None = None, verify: bool = True) -> EdgeModel:
+    """Load and verify a bundle directory."""
+    return EdgeModel(bundle, threads=threads, verify=verify)
+
+
+__all__ = ["load", "EdgeModel", "BundleError", "GenerationResult", "GenerationStats", "Sampler", "SamplingConfig"]

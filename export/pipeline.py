@@ -1,0 +1,198 @@
+"""`cogenesis export`: source model -> fp32 graph -> quantized graph -> verified bundle with a parity report."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as md
+import json
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from cogenesis.runtime.model import KVSpec
+from tqdm import tqdm
+
+from cogenesis.bundle import BundleError, write_bundle
+
+from . import graph, quantize, report
+from .default_model import cache_dir, default_model, gguf_to_hf
+from .onnx_export import export_fp32, model_facts
+from .targets import budget_check, get_target
+
+QUANTS = ("fp32", "int8", "int4")
+
+
+@dataclass
+class Source:
+    hf_dir: Path
+    gguf: Path | None
+    name: str
+
+
+def resolve_source(model: str | None) -> Source:
+    if model in (None, "", "default"):
+        g, hf = default_model()
+        return Source(hf, g, "SmolLM2-135M-Instruct")
+    p = Path(model)
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise FileNotFoundError(f"--model {p}: GGUF file not found")
+        return Source(gguf_to_hf(p), p, p.stem)
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise FileNotFoundError(f"--model {p}: no config.json; pass a Hugging Face model folder or a .gguf file")
+        return Source(p, None, p.name)
+    raise FileNotFoundError(
+        f"--model {model!r} is neither a local folder nor a .gguf file. Model hub ids are not fetched: download the "
+        "model elsewhere and pass its folder, or omit --model for the default SmolLM2-135M-Instruct."
+    )
+
+
+def _fp32_cached(hf_dir: Path) -> Path:
+    """The builder's fp32 graph, cached per source folder so fp32/int8/int4 exports share one build."""
+    key = hashlib.sha256(str(hf_dir.resolve()).encode() + (hf_dir / "config.json").read_bytes()).hexdigest()[:16]
+    st = hf_dir / "model.safetensors"
+    key += f"-{st.stat().st_size if st.exists() else 0}-{int(st.stat().st_mtime) if st.exists() else 0}"
+    path = cache_dir() / "fp32-graphs" / key / "model.onnx"
+    if not path.is_file():
+        tmp = Path(tempfile.mkdtemp(prefix="fp32-", dir=cache_dir()))
+        try:
+            model = export_fp32(hf_dir, tmp)
+            out = tmp / "final"
+            out.mkdir()
+            graph.save(model, str(out / "model.onnx"), "model.onnx.data")
+            path.parent.parent.mkdir(parents=True, exist_ok=True)
+            if path.parent.exists():
+                shutil.rmtree(path.parent)
+            out.rename(path.parent)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _tool_versions() -> dict:
+    out = {"python": platform.python_version()}
+    for p in ("cogenesis-edge", "onnx", "onnxruntime", "onnxruntime-genai", "transformers", "torch", "gguf", "numpy"):
+        try:
+            out[p] = md.version(p)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _special_tokens(hf_dir: Path, gen: dict) -> dict:
+    tc = json.loads((hf_dir / "tokenizer_config.json").read_text()) if (hf_dir / "tokenizer_config.json").exists() else {}
+    tok = json.loads((hf_dir / "tokenizer.json").read_text())
+    vocab = {t["content"]: t["id"] for t in tok.get("added_tokens", [])}
+    eos = gen.get("eos_token_id")
+    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    for s in ("<|im_end|>", "<|endoftext|>", "<end_of_turn>", "<eos>"):
+        if s in vocab and vocab[s] not in eos:
+            eos.append(vocab[s])
+    strings = {k: tc[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token") if isinstance(tc.get(k), str)}
+    return {"eos_token_ids": eos, "bos_token_id": gen.get("bos_token_id"), "strings": strings}
+
+
+def _chat_template(hf_dir: Path) -> str:
+    f = hf_dir / "chat_template.jinja"
+    if f.is_file():
+        return f.read_text()
+    tc = json.loads((hf_dir / "tokenizer_config.json").read_text())
+    if isinstance(tc.get("chat_template"), str):
+        return tc["chat_template"]
+    # Base models (e.g. Gemma-3-270M) have none: a plain "role: content" template keeps the runtime uniform.
+    return ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n\n{% endfor %}"
+            "{% if add_generation_prompt %}assistant: {% endif %}")
+
+
+def export_bundle(model: str | None, out: str | Path, quant: str = "int4", target: str = "laptop-x86_64",
+                  force: bool = False, new_tokens: int = 64, prompts: list[str] | None = None,
+                  progress: bool = True) -> Path:
+    """Export `model` (HF folder, .gguf, or None for the default) into a verified bundle at `out`."""
+    if quant not in QUANTS:
+        raise ValueError(f"--quant must be one of {QUANTS}, got {quant!r}")
+    tgt = get_target(target)
+    out = Path(out)
+    if out.exists() and not force:
+        raise BundleError(f"{out} already exists; pass --force to replace it, or choose another --out")
+    steps = tqdm(total=5, desc="export", disable=not progress, unit="step")
+    t0 = time.time()
+    steps.set_postfix_str("source model")
+    src = resolve_source(model)
+    steps.update()
+    steps.set_postfix_str("fp32 graph (onnxruntime-genai builder)")
+    fp32_path = _fp32_cached(src.hf_dir)
+    facts = model_facts(src.hf_dir)
+    steps.update()
+
+    def fill(tmp: Path) -> dict:
+        steps.set_postfix_str(f"quantize {quant}")
+        if quant == "int8":
+            with tempfile.TemporaryDirectory(dir=tmp.parent) as qdir:
+                qinfo = quantize.int8_dynamic(fp32_path, Path(qdir) / "model.onnx")
+                m = onnx.load(str(Path(qdir) / "model.onnx"))
+        else:
+            m = onnx.load(str(fp32_path))
+            if quant == "fp32":
+                qinfo = {"scheme": "fp32"}
+            elif src.gguf is not None:
+                from .gguf_exact import quantize_gguf_exact
+
+                qinfo = quantize_gguf_exact(m, str(src.gguf))
+            else:
+                qinfo = quantize.int4_matmulnbits(m)
+        graph.save(m, str(tmp / "model.onnx"), "model.onnx.data")
+        sig = graph.io_signature(m)
+        del m
+        steps.update()
+        steps.set_postfix_str("tokenizer, template, config")
+        shutil.copy(src.hf_dir / "tokenizer.json", tmp / "tokenizer.json")
+        (tmp / "chat_template.jinja").write_text(_chat_template(src.hf_dir), encoding="utf-8")
+        gen = json.loads((src.hf_dir / "generation_config.json").read_text()) if (src.hf_dir / "generation_config.json").exists() else {}
+        special = _special_tokens(src.hf_dir, gen)
+        gen["eos_token_id"] = special["eos_token_ids"]
+        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2), encoding="utf-8")
+        steps.update()
+        steps.set_postfix_str(f"parity vs eager ({len(prompts or report.PARITY_PROMPTS)} prompts x {new_tokens} tokens)")
+        kv = KVSpec(facts["num_layers"], facts["num_kv_heads"], facts["head_dim"])
+        runs = report.reference_runs(src.hf_dir, prompts or report.PARITY_PROMPTS, new_tokens)
+        parity = report.bundle_parity(str(tmp / "model.onnx"), kv, runs)
+        weights = sum(f.stat().st_size for f in tmp.iterdir() if f.name.startswith("model.onnx"))
+        rep = {
+            "quant": qinfo,
+            "parity": parity,
+            "budget": budget_check(tgt, weights, facts),
+            "target": tgt.to_dict(),
+            "export_seconds": round(time.time() - t0, 1),
+        }
+        (tmp / "export_report.json").write_text(json.dumps(rep, indent=2), encoding="utf-8")
+        steps.update()
+        source = {"name": src.name, "hf_dir": str(src.hf_dir)}
+        if src.gguf is not None:
+            from cogenesis.bundle import sha256_file
+
+            source.update(gguf=src.gguf.name, gguf_sha256=sha256_file(src.gguf))
+        return {
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "model": {**facts, "name": src.name, "source": source},
+            "special_tokens": special,
+            "quant": qinfo,
+            "target": tgt.name,
+            "onnx": {"file": "model.onnx", "data": "model.onnx.data", "exporter": "onnxruntime-genai model builder",
+                     "kv_cache": "shared-buffer",
+                     **sig},
+            "tokenizer": "tokenizer.json",
+            "chat_template": "chat_template.jinja",
+            "generation_config": "generation_config.json",
+            "report": "export_report.json",
+            "tools": _tool_versions(),
+        }
+
+    try:
+        return write_bundle(out, fill, force=force)
+    finally:
+        steps.close()

@@ -1,0 +1,98 @@
+"""EdgeModel: a verified bundle, ready to chat. The one object most users need."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from cogenesis.bundle import BundleError, read_manifest, verify_bundle
+
+from . import chat
+from .generate import GenerationResult, GenerationStats, StreamDecoder, generate_tokens
+from .model import Decoder, KVSpec, make_session, uses_gqa
+from .sampling import Sampler, SamplingConfig
+
+Prompt = str | list[dict]
+
+
+class EdgeModel:
+    def __init__(self, bundle: str | Path, threads: int | None = None, verify: bool = True):
+        self.path = Path(bundle)
+        self.manifest = read_manifest(self.path)
+        if verify:
+            verify_bundle(self.path, self.manifest)
+        m = self.manifest
+        try:
+            self.tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
+        except Exception as e:  # tokenizers raises a bare Exception on bad files
+            raise BundleError(f"{self.path / 'tokenizer.json'} could not be read ({e}); re-export the bundle") from e
+        self.template = chat.compile_template((self.path / "chat_template.jinja").read_text(encoding="utf-8"))
+        self.generation_config = json.loads((self.path / "generation_config.json").read_text(encoding="utf-8"))
+        onnx_path = self.path / m["onnx"]["file"]
+        try:
+            session = make_session(str(onnx_path), threads)
+        except Exception as e:
+            raise BundleError(f"{onnx_path} could not be loaded by onnxruntime ({e}); re-export the bundle") from e
+        self._check_signature(session)
+        mm = m["model"]
+        shared = m["onnx"].get("kv_cache") == "shared-buffer" or uses_gqa(str(onnx_path))
+        self.decoder = Decoder(session, KVSpec(mm["num_layers"], mm["num_kv_heads"], mm["head_dim"]), shared_kv=shared)
+        st = m.get("special_tokens", {})
+        eos = st.get("eos_token_ids") or self.generation_config.get("eos_token_id") or []
+        self.stop_ids = set(eos if isinstance(eos, list) else [eos])
+        self.special_tokens = st
+
+    def _check_signature(self, session) -> None:
+        want = {i["name"]: i for i in self.manifest["onnx"]["inputs"]}
+        have = {i.name for i in session.get_inputs()}
+        if set(want) != have:
+            missing, extra = sorted(set(want) - have), sorted(have - set(want))
+            raise BundleError(
+                f"{self.path / self.manifest['onnx']['file']}: ONNX inputs do not match manifest.json "
+                f"(missing {missing[:4]}, unexpected {extra[:4]}); the model file belongs to another export, re-export the bundle"
+            )
+
+    # -- text <-> ids ------------------------------------------------------------------------------------
+    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        return chat.render(self.template, messages, add_generation_prompt, **self.special_tokens.get("strings", {}))
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        text = self.render(prompt) if isinstance(prompt, list) else prompt
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    # -- generation --------------------------------------------------------------------------------------
+    def _sampler(self, temperature: float, top_k: int, top_p: float, seed: int | None) -> Sampler:
+        return Sampler(SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed))
+
+    def stream_ids(self, prompt: Prompt, max_new_tokens: int = 256, temperature: float = 0.0, top_k: int = 0,
+                   top_p: float = 1.0, seed: int | None = None, stop_ids: set[int] | None = None,
+                   stats: GenerationStats | None = None, logits_hook=None) -> Iterator[int]:
+        ids = prompt if isinstance(prompt, list) and prompt and isinstance(prompt[0], int) else self.encode(prompt)
+        return generate_tokens(self.decoder, ids, self._sampler(temperature, top_k, top_p, seed), max_new_tokens,
+                               self.stop_ids if stop_ids is None else stop_ids, stats, logits_hook)
+
+    def stream(self, prompt: Prompt, stats: GenerationStats | None = None, **kw) -> Iterator[str]:
+        """Yield text pieces as they are generated."""
+        sd = StreamDecoder(self.tokenizer)
+        for tok in self.stream_ids(prompt, stats=stats, **kw):
+            if piece := sd.push(tok):
+                yield piece
+        if tail := sd.flush():
+            yield tail
+
+    def generate(self, prompt: Prompt, **kw) -> GenerationResult:
+        stats = GenerationStats()
+        ids = list(self.stream_ids(prompt, stats=stats, **kw))
+        return GenerationResult(self.decode(ids), ids, stats)
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        """Logits at every position of `ids` (fresh cache): [len(ids), vocab]."""
+        self.decoder.reset()
+        return self.decoder.forward(ids, keep=0)

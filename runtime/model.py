@@ -1,0 +1,132 @@
+"""The ONNX decoder with its KV cache: prefill, decode, roll back.
+
+Works for any graph with the optimum/onnxruntime-genai naming: `input_ids`, `attention_mask`, optional
+`position_ids`, `past_key_values.N.key|value` -> `logits`, `present.N.key|value`, and our optional
+`num_logits_to_keep` (0 = logits for every position, n = only the last n).
+
+Graphs whose attention is GroupQueryAttention (the genai builder's) run with ONE preallocated KV buffer per
+layer bound as both past and present (IOBinding): each step writes only its new rows in place, instead of
+copying the whole cache into a new present tensor (measured 27 vs 21.5 tok/s at a 1.5k-token context).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+
+@dataclass
+class KVSpec:
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+
+
+def make_session(path: str, threads: int | None = None) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = int(threads or os.environ.get("COGENESIS_THREADS", 0) or 0)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def uses_gqa(path: str) -> bool:
+    import onnx
+
+    m = onnx.load(path, load_external_data=False)
+    return any(n.op_type == "GroupQueryAttention" for n in m.graph.node)
+
+
+class Decoder:
+    """A causal decoder over one sequence. `forward` appends tokens to the cache and returns their logits."""
+
+    def __init__(self, session: ort.InferenceSession, kv: KVSpec, shared_kv: bool | None = None,
+                 initial_capacity: int = 512):
+        self.session = session
+        self.kv = kv
+        names = {i.name for i in session.get_inputs()}
+        self._has_pos = "position_ids" in names
+        self._has_keep = "num_logits_to_keep" in names
+        # Output order differs between exporters (the genai builder lists all keys, then all values): go by name.
+        self._kv_names = [(f"past_key_values.{i}.{t}", f"present.{i}.{t}") for i in range(kv.num_layers)
+                          for t in ("key", "value")]
+        self._out_names = ["logits"] + [p for _, p in self._kv_names]
+        self.shared = bool(shared_kv)
+        self._capacity = 0
+        self._initial_capacity = initial_capacity
+        self.reset()
+
+    def reset(self) -> None:
+        self.tokens: list[int] = []
+        if not self.shared:
+            empty = np.zeros((1, self.kv.num_kv_heads, 0, self.kv.head_dim), np.float32)
+            self.past: list[np.ndarray] = [empty] * (2 * self.kv.num_layers)
+        elif self._capacity == 0:
+            self._grow(self._initial_capacity)
+
+    @property
+    def length(self) -> int:
+        return len(self.tokens)
+
+    def _grow(self, need: int) -> None:
+        cap = max(self._initial_capacity, 1 << (max(need, 1) - 1).bit_length())
+        shape = (1, self.kv.num_kv_heads, cap, self.kv.head_dim)
+        new = [np.zeros(shape, np.float32) for _ in self._kv_names]
+        if self._capacity:
+            for a, b in zip(new, self._bufs_np, strict=True):
+                a[:, :, : self.length] = b[:, :, : self.length]
+        self._bufs_np = new  # keep the numpy owners alive: the OrtValues below borrow their memory
+        self._bufs = [ort.OrtValue.ortvalue_from_numpy(a) for a in new]
+        self._capacity = cap
+
+    def _feeds(self, ids: np.ndarray, keep: int) -> dict:
+        n, p = ids.shape[1], self.length
+        feeds = {"input_ids": ids, "attention_mask": np.ones((1, p + n), np.int64)}
+        if self._has_pos:
+            feeds["position_ids"] = np.arange(p, p + n, dtype=np.int64)[None]
+        if self._has_keep:
+            feeds["num_logits_to_keep"] = np.array(keep, np.int64)
+        return feeds
+
+    def forward(self, ids: list[int] | np.ndarray, keep: int = 1) -> np.ndarray:
+        """Run `ids` after the cached tokens; return logits [min(keep, n) or n, vocab] (keep=0: all positions)."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(1, -1)
+        n = ids.shape[1]
+        if n == 0:
+            raise ValueError("forward() needs at least one token")
+        feeds = self._feeds(ids, keep)
+        if self.shared:
+            if self.length + n > self._capacity:
+                self._grow(self.length + n)
+            io = self.session.io_binding()
+            for k, v in feeds.items():
+                io.bind_cpu_input(k, v)
+            io.bind_output("logits")
+            for (past, present), buf in zip(self._kv_names, self._bufs, strict=True):
+                io.bind_ortvalue_input(past, buf)
+                io.bind_ortvalue_output(present, buf)
+            self.session.run_with_iobinding(io)
+            logits = io.get_outputs()[0].numpy()[0]
+        else:
+            for (past, _), a in zip(self._kv_names, self.past, strict=True):
+                feeds[past] = a
+            outs = self.session.run(self._out_names, feeds)
+            logits = outs[0][0]
+            self.past = outs[1:]
+        self.tokens.extend(int(t) for t in ids[0])
+        if keep and logits.shape[0] > keep:
+            logits = logits[-keep:]
+        return logits
+
+    def truncate(self, length: int) -> None:
+        """Roll the cache back to its first `length` tokens (for drafts the cloud rejected)."""
+        if length >= self.length:
+            return
+        if not self.shared:  # in shared mode rows past `length` are simply overwritten later
+            self.past = [np.ascontiguousarray(a[:, :, :length]) for a in self.past]
+        self.tokens = self.tokens[:length]

@@ -1,0 +1,681 @@
+"""Android demo (android_demo/): the APK, its dex code, and the web runtime in Chromium under Pixel 7 emulation.
+
+What needs what (each test skips with the reason when its part is missing; `make android-deps` installs all):
+* APK tests: Debian's aapt, apksigner, zipalign, android-framework-res, libsmali-java, dexdump + the npm deps
+  in android_demo/web/node_modules (android_demo/build_apk.sh --deps).
+* JVM check of the dex code: enjarify + a JDK.
+* Browser tests: Debian's chromium, PyPI playwright (never `playwright install`), openssl for the TLS cert.
+  They serve android_demo/build/assets exactly as the APK's AssetServer does: the same origin
+  (https://appassets.androidplatform.net, mapped onto a local TLS server with --host-resolver-rules), the same
+  paths (/assets/www/..., /bundle/...) and the same COOP/COEP headers.
+* Model tests (marked slow): a bundle. COGENESIS_BUNDLE=<dir>, else the newest artifacts/bundles/*/ with a
+  model.onnx, else /tmp/scratch/onnx (a raw export with the same ONNX signature).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "android_demo"
+BUILD = DEMO / "build"
+APK = BUILD / "cogenesis-demo.apk"
+ASSETS = BUILD / "assets"
+SHOTS = BUILD / "screenshots"
+PACKAGE = "org.cogenesis.edge.demo"
+ORIGIN = "https://appassets.androidplatform.net"
+START = f"{ORIGIN}/assets/www/index.html"
+CHROMIUM = os.environ.get("COGENESIS_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-quic",
+]
+FRAMEWORK_RES = Path("/usr/share/android-framework-res/framework-res.apk")
+NPM_MARKERS = [
+    DEMO / "web/node_modules/onnxruntime-web/dist/ort-wasm-simd-threaded.wasm",
+    DEMO / "web/node_modules/@huggingface/tokenizers/dist/tokenizers.min.mjs",
+    DEMO / "web/node_modules/@huggingface/jinja/dist/index.js",
+]
+PROMPT_MESSAGES = [{"role": "user", "content": "Write a haiku about the sea."}]
+N_MATCH = 16
+
+sys.path.insert(0, str(DEMO / "tools"))
+
+
+def _missing_tools(*names: str) -> list[str]:
+    return [n for n in names if shutil.which(n) is None]
+
+
+def _run(cmd, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, **kw)
+
+
+# ------------------------------------------------------------------------------------------------ build
+@pytest.fixture(scope="session")
+def npm_deps():
+    missing = [str(p.relative_to(DEMO)) for p in NPM_MARKERS if not p.is_file()]
+    if missing:
+        pytest.skip(f"npm deps not installed ({', '.join(missing)}): run android_demo/build_apk.sh --deps")
+
+
+@pytest.fixture(scope="session")
+def assets(npm_deps):
+    if not APK.is_file() or not (ASSETS / "www/index.html").is_file() or _stale():
+        r = _run(["bash", str(DEMO / "build_apk.sh"), "--no-install", "--assets-only"])
+        assert r.returncode == 0, r.stderr
+    return ASSETS
+
+
+def _stale() -> bool:
+    """Rebuild when any source is newer than the build (tests must see the current sources)."""
+    built = min((p.stat().st_mtime for p in [APK, ASSETS / "www/index.html"] if p.exists()), default=0)
+    srcs = [p for d in ("www", "app") for p in (DEMO / d).rglob("*") if p.is_file()] + [DEMO / "build_apk.sh"]
+    return any(p.stat().st_mtime > built for p in srcs)
+
+
+@pytest.fixture(scope="session")
+def apk(npm_deps):
+    missing = _missing_tools("aapt", "apksigner", "zipalign", "smali", "dexdump", "keytool")
+    if not FRAMEWORK_RES.is_file():
+        missing.append("android-framework-res")
+    if missing:
+        pytest.skip(f"Android build tools not installed ({', '.join(missing)}): run android_demo/build_apk.sh --deps")
+    t0 = time.time()
+    r = _run(["bash", str(DEMO / "build_apk.sh"), "--no-install"])
+    assert r.returncode == 0, f"build_apk.sh failed:\n{r.stderr}"
+    assert APK.is_file()
+    print(f"\nAPK built in {time.time() - t0:.1f} s: {APK} ({APK.stat().st_size / 1e6:.1f} MB)")
+    return APK
+
+
+# ------------------------------------------------------------------------------------------------ APK
+def test_apk_signature_verifies(apk):
+    r = _run(["apksigner", "verify", "--verbose", str(apk)])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Verifies" in r.stdout
+    assert "Verified using v2 scheme (APK Signature Scheme v2): true" in r.stdout
+
+
+def test_apk_badging(apk):
+    r = _run(["aapt", "dump", "badging", str(apk)])
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert f"package: name='{PACKAGE}'" in out
+    assert "sdkVersion:'24'" in out
+    assert "targetSdkVersion:'29'" in out
+    assert f"launchable-activity: name='{PACKAGE}.MainActivity'" in out
+    assert "uses-permission: name='android.permission.INTERNET'" in out
+    assert "application-label:'CoGenesis Edge'" in out
+
+
+def test_apk_is_zipaligned(apk):
+    r = _run(["zipalign", "-c", "-p", "4", str(apk)])
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_dex_has_the_activity_and_asset_server(apk):
+    r = _run(["dexdump", str(apk)])
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert f"Class descriptor  : 'L{PACKAGE.replace('.', '/')}/MainActivity;'" in out
+    assert "Superclass        : 'Landroid/app/Activity;'" in out
+    assert f"Class descriptor  : 'L{PACKAGE.replace('.', '/')}/AssetServer;'" in out
+    assert "Superclass        : 'Landroid/webkit/WebViewClient;'" in out
+    assert "name          : 'shouldInterceptRequest'" in out
+    assert "name          : 'onCreate'" in out
+
+
+def test_apk_carries_the_web_runtime_but_no_model(apk):
+    names = set(zipfile.ZipFile(apk).namelist())
+    for n in [
+        "AndroidManifest.xml", "classes.dex", "resources.arsc",
+        "assets/www/index.html", "assets/www/js/app.js", "assets/www/js/runtime.js", "assets/www/js/guard.js",
+        "assets/www/vendor/ort.wasm.min.mjs", "assets/www/vendor/ort-wasm-simd-threaded.mjs",
+        "assets/www/vendor/ort-wasm-simd-threaded.wasm", "assets/www/vendor/tokenizers.min.mjs",
+        "assets/www/vendor/jinja.mjs",
+    ]:
+        assert n in names, f"{n} missing from the APK"
+    assert not [n for n in names if n.endswith((".onnx", ".onnx.data"))], "the model must not be in the APK"
+    assert apk.stat().st_size < 40e6
+
+
+def test_dex_code_verifies_and_runs_on_a_jvm(apk):
+    """classes.dex -> JVM bytecode (enjarify) against Android API stubs: verifier + behaviour of the smali."""
+    if _missing_tools("javac", "java"):
+        pytest.skip("no JDK (javac/java)")
+    if not Path("/usr/lib/python3/dist-packages/enjarify").is_dir():
+        pytest.skip("enjarify not installed: run android_demo/build_apk.sh --deps")
+    r = _run(["bash", str(DEMO / "tools/jvmcheck/run.sh"), str(BUILD / "apk/dex/classes.dex"), str(ASSETS)])
+    print(r.stdout)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ALL OK" in r.stdout
+
+
+# ------------------------------------------------------------------------------------------------ guard (node)
+GUARD_CASES = """
+import { buildIndex, scan, check } from './guard.js';
+const ctx = {
+  profile: { Name: 'Maria Lopez', Age: '34', City: 'Valencia',
+             Interests: 'birdwatching, paella on Sundays, long bike rides along the Turia gardens' },
+  history: [{ title: 'Weekend plans', text: 'Nothing fancy this weekend: a slow bike ride to the beach, a big paella with my sister.' }],
+  private: ['My landlord is raising the rent in March and I have not told anyone yet.'],
+};
+const idx = buildIndex(ctx);
+const kinds = (t) => scan(t, idx).map((f) => f.label);
+const out = {
+  clean: kinds('Write a short invitation to a picnic this weekend.'),
+  name: kinds('Write a note to MARIA  lopez about the fair.'),
+  age_ignored: kinds('I am 34 years old.'),
+  city: kinds('a poem about Valencia'),
+  ngram: kinds('She said: a slow bike ride to the beach sounds great.'),
+  four_words_ok: kinds('a slow bike ride today'),
+  private_note: kinds('my landlord is raising the rent soon'),
+  email: kinds('write to someone@example.com'),
+  phone: kinds('call +34 612 345 678 now'),
+  year_not_phone: kinds('in 2024 we had 3 events'),
+  long_profile_ngram: kinds('I love paella on Sundays, long bike rides'),
+  strict: check({ messages: [{ role: 'user', content: 'hi Maria Lopez' }] }, '', idx, { strict: true }),
+  lenient: check({ messages: [{ role: 'user', content: 'hi Maria Lopez' }] }, '', idx, { strict: false }),
+  escaped: check({ prompt: 'a slow\\nbike ride to the beach' }, JSON.stringify({ prompt: 'a slow\\nbike ride to the beach' }), idx),
+};
+console.log(JSON.stringify(out));
+"""
+
+
+def test_privacy_guard_rules():
+    if _missing_tools("node"):
+        pytest.skip("node not installed")
+    r = _run(["node", "--input-type=module", "-e", GUARD_CASES], cwd=DEMO / "www/js")
+    assert r.returncode == 0, r.stderr
+    o = json.loads(r.stdout)
+    assert o["clean"] == []
+    assert o["name"] == ["profile.Name"]
+    assert o["age_ignored"] == []  # values under 3 characters are not matched
+    assert o["city"] == ["profile.City"]
+    assert o["ngram"] == ["history[0].text"]
+    assert o["four_words_ok"] == []  # n-grams are 5 words
+    assert o["private_note"] == ["private[0]"]
+    assert o["email"] == ["pattern.email"]
+    assert o["phone"] == ["pattern.phone"]
+    assert o["year_not_phone"] == []
+    assert o["long_profile_ngram"] == ["profile.Interests"]
+    assert o["strict"]["allowed"] is False and o["strict"]["verdict"] == "blocked"
+    assert o["lenient"]["allowed"] is True and o["lenient"]["verdict"] == "sent-with-findings"
+    assert o["escaped"]["verdict"] == "blocked"  # JSON escaping (\\n) cannot hide a span
+
+
+# ------------------------------------------------------------------------------------------------ browser
+@pytest.fixture(scope="session")
+def tls_cert(tmp_path_factory):
+    if _missing_tools("openssl"):
+        pytest.skip("openssl not installed (needed for the appassets TLS certificate)")
+    d = tmp_path_factory.mktemp("tls")
+    r = _run([
+        "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        "-subj", "/CN=appassets.androidplatform.net", "-addext", "subjectAltName=DNS:appassets.androidplatform.net",
+        "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem"),
+    ])
+    assert r.returncode == 0, r.stderr
+    return str(d / "cert.pem"), str(d / "key.pem")
+
+
+def find_bundle() -> Path | None:
+    env = os.environ.get("COGENESIS_BUNDLE")
+    if env:
+        return Path(env)
+    arts = ROOT / "artifacts" / "bundles"
+    if arts.is_dir():  # finished bundles only: the exporter writes into a hidden temp dir, then renames
+        cands = sorted((p.parent for p in arts.glob("*/manifest.json")
+                        if not p.parent.name.startswith(".") and (p.parent / "model.onnx").is_file()),
+                       key=lambda p: p.stat().st_mtime, reverse=True)
+        if cands:
+            return cands[0]
+    scratch = Path("/tmp/scratch/onnx")
+    return scratch if (scratch / "model.onnx").is_file() else None
+
+
+@pytest.fixture(scope="session")
+def bundle():
+    b = find_bundle()
+    if b is None or not (b / "model.onnx").is_file() or not (b / "tokenizer.json").is_file():
+        pytest.skip("no model bundle (set COGENESIS_BUNDLE or export one into artifacts/bundles/)")
+    return b
+
+
+@pytest.fixture(scope="session")
+def app_server(assets, tls_cert):
+    """The APK's AssetServer, on the desktop: same paths and headers, HTTPS (origin mapped by Chromium)."""
+    from devserver import make_server
+
+    srv = make_server("127.0.0.1", 0, assets, find_bundle(), quiet=True, tls=tls_cert)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield srv.server_address[1]
+    srv.shutdown()
+
+
+class FakeCloud:
+    """An OpenAI-compatible stand-in for the cloud (CORS like the reference server must have): records bodies."""
+
+    OUTLINE = "- Greet everyone\n- Say when and where the picnic is\n- Ask each friend to bring one dish\n- Sign off warmly"
+
+    def __init__(self):
+        self.requests: list[dict] = []
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _cors(self):
+                self.send_header("Access-Control-Allow-Origin", "*")
+                self.send_header("Access-Control-Allow-Headers", "authorization, content-type")
+                self.send_header("Access-Control-Allow-Methods", "POST, OPTIONS")
+                self.send_header("Access-Control-Allow-Private-Network", "true")
+
+            def do_OPTIONS(self):
+                self.send_response(204)
+                self._cors()
+                self.end_headers()
+
+            def do_POST(self):
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                outer.requests.append({"path": self.path, "body": raw.decode("utf-8"),
+                                       "auth": self.headers.get("Authorization")})
+                body = json.loads(raw)
+                if self.path.endswith("/chat/completions"):
+                    out = {"id": "x", "object": "chat.completion", "model": body.get("model"),
+                           "choices": [{"index": 0, "finish_reason": "stop",
+                                        "message": {"role": "assistant", "content": FakeCloud.OUTLINE}}]}
+                elif self.path.endswith("/completions"):
+                    n = len(body["prompt"])
+                    top = {"token_id:504": -0.2, "token_id:198": -1.9} if n % 2 else {"token_id:28": -0.4, "token_id:260": -1.2}
+                    out = {"choices": [{"index": 0, "text": "", "logprobs": {"top_logprobs": [top]}}]}
+                else:
+                    self.send_response(404)
+                    self._cors()
+                    self.end_headers()
+                    return
+                data = json.dumps(out).encode()
+                self.send_response(200)
+                self._cors()
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.srv.server_address[1]}"
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+
+@pytest.fixture(scope="session")
+def fake_cloud():
+    c = FakeCloud()
+    yield c
+    c.srv.shutdown()
+
+
+@pytest.fixture(scope="session")
+def browser(app_server):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"Chromium not installed at {CHROMIUM} (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("PyPI playwright not installed (pip install playwright; never `playwright install`)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS + [
+            f"--host-resolver-rules=MAP appassets.androidplatform.net:443 127.0.0.1:{app_server}",
+            "--ignore-certificate-errors",
+        ])
+        yield p, b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def app(browser, fake_cloud, bundle):
+    """One Pixel 7 page with the bundle loaded (loading takes a while), shared by the UI tests."""
+    p, b = browser
+    ctx = b.new_context(**p.devices["Pixel 7"], ignore_https_errors=True)
+    page = ctx.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    q = f"?cloud={fake_cloud.url}&token=test-token&autoload=1&example=1&maxTokens=24&strict=1"
+    page.goto(START + q)
+    page.wait_for_function("window.cogenesisReady === true", timeout=30_000)
+    page.wait_for_function("window.cogenesis.model !== null || "
+                           "document.getElementById('load-status').textContent.startsWith('could not')", timeout=600_000)
+    assert page.evaluate("window.cogenesis.model !== null"), page.text_content("#load-status")
+    page.errors = errors
+    yield page
+    ctx.close()
+
+
+def shot(page, name: str) -> Path:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = SHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=False)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ reference
+def python_reference(bundle: Path, messages: list[dict], n: int) -> tuple[list[int], list[int]]:
+    """(prompt ids, first n greedy ids) from onnxruntime in Python on the same ONNX.
+
+    The template is rendered with jinja2 and encoded WITHOUT special tokens: the bundle's tokenizer.json has a
+    TemplateProcessing post-processor that would prepend a second <|im_start|> to the rendered ChatML.
+    TODO(lead): switch to cogenesis.runtime's greedy generate once it exists (same prompt, same n).
+    """
+    import jinja2
+    import numpy as np
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(bundle / "tokenizer.json"))
+    tpl = jinja2.Environment().from_string((bundle / "chat_template.jinja").read_text())
+    text = tpl.render(messages=messages, add_generation_prompt=True, bos_token="<|im_start|>", eos_token="<|im_end|>")
+    ids = tok.encode(text, add_special_tokens=False).ids
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    s = ort.InferenceSession(str(bundle / "model.onnx"), so, providers=["CPUExecutionProvider"])
+    inputs = {i.name: i for i in s.get_inputs()}
+    layers = sum(1 for k in inputs if re.fullmatch(r"past_key_values\.\d+\.key", k))
+    kv = inputs["past_key_values.0.key"].shape  # dims may be symbolic in an exported bundle
+    heads = kv[1] if isinstance(kv[1], int) else 3
+    hd = kv[3] if isinstance(kv[3], int) else 64
+    past = {f"past_key_values.{i}.{k}": np.zeros((1, heads, 0, hd), np.float32) for i in range(layers) for k in ("key", "value")}
+    names = [o.name for o in s.get_outputs()]
+    out, cur, P = [], ids, 0
+    for _ in range(n):
+        S = len(cur)
+        feeds = dict(past, input_ids=np.array([cur], np.int64), attention_mask=np.ones((1, P + S), np.int64))
+        if "position_ids" in inputs:
+            feeds["position_ids"] = np.arange(P, P + S, dtype=np.int64)[None]
+        if "num_logits_to_keep" in inputs:
+            feeds["num_logits_to_keep"] = np.array(1, np.int64)
+        r = dict(zip(names, s.run(None, feeds)))
+        nxt = int(r["logits"][0, -1].argmax())
+        out.append(nxt)
+        past = {f"past_key_values.{i}.{k}": r[f"present.{i}.{k}"] for i in range(layers) for k in ("key", "value")}
+        P, cur = P + S, [nxt]
+    return ids, out
+
+
+# ------------------------------------------------------------------------------------------------ browser tests
+@pytest.mark.slow
+def test_page_is_served_like_the_webview(app):
+    info = app.evaluate("({href: location.href, coi: crossOriginIsolated, secure: isSecureContext})")
+    assert info["href"].startswith(START)
+    assert info["secure"] is True
+    assert info["coi"] is True  # COOP/COEP from the asset server -> WASM threads in Chromium
+    m = app.evaluate("window.cogenesis.model.info")
+    assert m["layers"] == 30 and m["kvHeads"] == 3 and m["headDim"] == 64
+    assert app.errors == []
+
+
+@pytest.mark.slow
+def test_tokenizer_matches_python(app, bundle):
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(bundle / "tokenizer.json"))
+    samples = [
+        "Hello world", "  leading spaces and\ttabs\nnew lines\n\n", "Café naïve façade — “quotes” 😀 你好",
+        "<|im_start|>user\nhi<|im_end|>\n", "numbers 1234567 and 3.14159, code: def f(x): return x**2",
+    ]
+    js = app.evaluate("(xs) => xs.map((x) => window.cogenesis.model.encode(x))", samples)
+    for s, got in zip(samples, js):
+        assert got == tok.encode(s, add_special_tokens=False).ids, s
+    dec = app.evaluate("(xs) => xs.map((x) => window.cogenesis.model.decode(window.cogenesis.model.encode(x), false))", samples)
+    assert dec == samples
+
+
+@pytest.mark.slow
+def test_greedy_matches_python_runtime(app, bundle):
+    js = app.evaluate(
+        """async ([msgs, n]) => { const m = window.cogenesis.model;
+             const ids = m.encode(m.renderChat(msgs));
+             const r = await m.generate(ids, {maxNewTokens: n, sampling: 'greedy'});
+             return {prompt: ids, ids: r.ids, text: r.text, tps: r.tokensPerSecond}; }""",
+        [PROMPT_MESSAGES, N_MATCH],
+    )
+    prompt, ref = python_reference(bundle, PROMPT_MESSAGES, N_MATCH)
+    assert js["prompt"] == prompt, "chat template / tokenizer differ from Python"
+    assert js["ids"] == ref[: len(js["ids"])] and len(js["ids"]) == N_MATCH, (js["ids"], ref)
+    print(f"\nfirst {N_MATCH} greedy tokens match Python: {js['text']!r}")
+
+
+@pytest.mark.slow
+def test_seeded_sampling_is_reproducible(app):
+    r = app.evaluate(
+        """async (msgs) => { const m = window.cogenesis.model; const ids = m.encode(m.renderChat(msgs));
+             const go = (seed) => m.generate(ids, {maxNewTokens: 12, sampling: 'seeded', seed, temperature: 0.9, topP: 0.95});
+             const a = await go(7), b = await go(7), c = await go(8);
+             return [a.ids, b.ids, c.ids]; }""",
+        PROMPT_MESSAGES,
+    )
+    assert r[0] == r[1]
+    assert len(r[0]) > 0
+
+
+@pytest.mark.slow
+def test_decode_speed_in_browser(app):
+    r = app.evaluate(
+        """async (msgs) => { const m = window.cogenesis.model; const ids = m.encode(m.renderChat(msgs));
+             const res = await m.generate(ids, {maxNewTokens: 64, sampling: 'greedy'});
+             return {tps: res.tokensPerSecond, n: res.ids.length, prefill: res.prefillSeconds, prompt: ids.length,
+                     threads: m.info.threads, bytes: m.info.bytes}; }""",
+        [{"role": "user", "content": "Tell me a long story about a lighthouse keeper."}],
+    )
+    BUILD.mkdir(exist_ok=True)
+    (BUILD / "browser_speed.json").write_text(json.dumps(r, indent=1) + "\n")
+    print(f"\nbrowser decode: {r['tps']:.1f} tok/s over {r['n']} tokens, {r['threads']} thread(s), "
+          f"prefill {r['prompt']} tok in {r['prefill']:.2f} s, model {r['bytes'] / 1e6:.0f} MB")
+    assert r["tps"] > 1.0
+
+
+def _generate_via_ui(page, instruction: str, mode: str, timeout=300_000):
+    page.click("nav.tabs button[data-go=write]")
+    page.fill("#instruction", instruction)
+    page.click(f"#mode-seg input[value={mode}] + span")
+    page.click("#btn-generate")
+    page.wait_for_function(
+        "['failed'].includes(document.getElementById('gen-status').textContent) || "
+        "document.getElementById('gen-status').textContent.startsWith('done')", timeout=timeout)
+    return page.text_content("#gen-status"), page.text_content("#output")
+
+
+@pytest.mark.slow
+def test_local_mode_sends_nothing(app, fake_cloud):
+    app.evaluate("window.cogenesis.egress.clear()")
+    before = len(fake_cloud.requests)
+    status, out = _generate_via_ui(app, "Write a short post inviting my friends to a picnic this weekend.", "local")
+    assert status.startswith("done"), out
+    assert out.strip()
+    assert len(fake_cloud.requests) == before
+    assert app.evaluate("window.cogenesis.egress.entries.length") == 0
+    shot(app, "1_write_local")
+
+
+@pytest.mark.slow
+def test_sketch_mode_sends_only_the_instruction(app, fake_cloud):
+    app.evaluate("window.cogenesis.egress.clear()")
+    before = len(fake_cloud.requests)
+    instruction = "Write a short post inviting my friends to a picnic this weekend."
+    status, out = _generate_via_ui(app, instruction, "sketch")
+    assert status.startswith("done"), out
+    sent = fake_cloud.requests[before:]
+    assert [r["path"] for r in sent] == ["/v1/chat/completions"]
+    assert sent[0]["auth"] == "Bearer test-token"
+    body = json.loads(sent[0]["body"])
+    user_text = "\n".join(m["content"] for m in body["messages"])
+    assert instruction in user_text
+    ctx = json.loads((DEMO / "www/example_context.json").read_text())
+    for v in ctx["profile"].values():
+        assert v.lower() not in sent[0]["body"].lower()
+    # the egress panel shows exactly what was sent, and the guard's verdict
+    entries = app.evaluate("window.cogenesis.egress.entries")
+    assert len(entries) == 1
+    assert entries[0]["body"] == sent[0]["body"]
+    assert entries[0]["verdict"] == "clean" and entries[0]["sent"] is True
+    assert app.text_content("#outline") == FakeCloud.OUTLINE
+    shot(app, "2_write_sketch")
+
+
+@pytest.mark.slow
+def test_strict_mode_blocks_a_private_instruction(app, fake_cloud):
+    before = len(fake_cloud.requests)
+    status, out = _generate_via_ui(app, "Write a note from Maria Lopez to the parents about the spring fair.", "sketch")
+    assert status == "failed"
+    assert "blocked by the privacy guard" in out and "profile.Name" in out
+    assert len(fake_cloud.requests) == before  # nothing left the phone
+    e = app.evaluate("window.cogenesis.egress.entries[0]")
+    assert e["verdict"] == "blocked" and e["sent"] is False
+    assert any(f["label"] == "profile.Name" for f in e["findings"])
+    app.click("nav.tabs button[data-go=egress]")
+    app.wait_for_selector(".eg .verdict.blocked")
+    shot(app, "3_egress")
+
+
+@pytest.mark.slow
+def test_logits_mode_experimental(app, fake_cloud):
+    app.evaluate("window.cogenesis.egress.clear()")
+    app.click("nav.tabs button[data-go=settings]")
+    app.fill("#set-max", "4")
+    before = len(fake_cloud.requests)
+    instruction = "Write one sentence about the sea."
+    status, out = _generate_via_ui(app, instruction, "logits")
+    assert status.startswith("done"), out
+    sent = fake_cloud.requests[before:]
+    assert 1 <= len(sent) <= 4 and all(r["path"] == "/v1/completions" for r in sent)
+    bodies = [json.loads(r["body"]) for r in sent]
+    assert all(isinstance(b["prompt"], list) and all(isinstance(t, int) for t in b["prompt"]) for b in bodies)
+    assert [len(b["prompt"]) for b in bodies] == list(range(len(bodies[0]["prompt"]), len(bodies[0]["prompt"]) + len(bodies)))
+    first = app.evaluate("(ids) => window.cogenesis.model.decode(ids, false)", bodies[0]["prompt"])
+    assert instruction in first and "Maria" not in first and "Valencia" not in first
+    app.click("nav.tabs button[data-go=settings]")
+    app.fill("#set-max", "24")
+    app.click("nav.tabs button[data-go=write]")
+
+
+@pytest.mark.slow
+def test_bundle_from_a_laptop_over_lan_kept_on_the_phone(app, bundle):
+    """The second way to get a bundle: devserver.py on a laptop (plain http, CORS), copy kept in Cache Storage."""
+    from devserver import make_server
+
+    srv = make_server("127.0.0.1", 0, ASSETS, bundle, quiet=True)
+    hits: list[str] = []
+    base = srv.RequestHandlerClass
+
+    def do_get(self):
+        hits.append(self.path)
+        base.do_GET(self)
+
+    srv.RequestHandlerClass = type("Counting", (base,), {"do_GET": do_get})
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}/bundle/tokenizer.json"
+    try:
+        r = app.evaluate(
+            """async (u) => { const f = window.cogenesis.fetchBundleFile;
+                 const a = await f(u, {keepCopy: true}); const b = await f(u, {keepCopy: true});
+                 await caches.delete('cogenesis-bundle-v1'); return [a.length, b.length]; }""", url)
+    finally:
+        srv.shutdown()
+    size = (bundle / "tokenizer.json").stat().st_size
+    assert r == [size, size]
+    assert hits == ["/bundle/tokenizer.json"]  # the second read came from the phone's copy
+
+
+@pytest.mark.slow
+def test_context_and_settings_screens(app):
+    app.click("nav.tabs button[data-go=context]")
+    app.wait_for_selector("#profile-rows .kv")
+    vals = app.eval_on_selector_all("#profile-rows .kv .v", "els => els.map(e => e.value)")
+    assert "Maria Lopez" in vals
+    stored = app.evaluate("JSON.parse(localStorage.getItem('cogenesis.context.v1'))")
+    assert stored["profile"]["Name"] == "Maria Lopez"
+    shot(app, "4_private_context")
+    app.click("nav.tabs button[data-go=settings]")
+    assert app.input_value("#set-cloud").startswith("http://127.0.0.1:")
+    assert "crossOriginIsolated=true" in app.text_content("#env-info")
+    shot(app, "5_settings")
+    app.click("nav.tabs button[data-go=write]")
+    assert app.errors == []
+
+
+# ------------------------------------------------------------------------------------------------ MatMulNBits
+def test_matmulnbits_runs_in_onnxruntime_web(browser, assets, tmp_path):
+    """The int4 bundle uses com.microsoft MatMulNBits (4- and 8-bit): check the WASM build runs both."""
+    onnx = pytest.importorskip("onnx")
+    np = pytest.importorskip("numpy")
+    ort = pytest.importorskip("onnxruntime")
+    from devserver import make_server
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+
+    rng = np.random.default_rng(0)
+    K, N = 64, 32
+    w = rng.standard_normal((K, N)).astype(np.float32)
+    a = rng.standard_normal((1, 3, K)).astype(np.float32)
+    g = helper.make_graph([helper.make_node("MatMul", ["A", "W"], ["Y"])], "g",
+                          [helper.make_tensor_value_info("A", TensorProto.FLOAT, [1, 3, K])],
+                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 3, N])],
+                          [numpy_helper.from_array(w, "W")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 9
+    root = tmp_path / "assets" / "www"
+    root.mkdir(parents=True)
+    shutil.copytree(assets / "www" / "vendor", root / "vendor")
+    ref = {"A": a.ravel().tolist()}
+    for bits in (4, 8):
+        for sym in (False, True):
+            q = MatMulNBitsQuantizer(onnx.load_from_string(m.SerializeToString()),
+                                     algo_config=DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=sym, bits=bits))
+            q.process()
+            name = f"nbits{bits}{'s' if sym else 'a'}"
+            assert [n.op_type for n in q.model.model.graph.node] == ["MatMulNBits"]
+            onnx.save(q.model.model, str(root / f"{name}.onnx"))
+            y = ort.InferenceSession(str(root / f"{name}.onnx"), providers=["CPUExecutionProvider"]).run(None, {"A": a})[0]
+            ref[name] = y.ravel().tolist()
+    (root / "ref.json").write_text(json.dumps(ref))
+    (root / "index.html").write_text("""<!doctype html><script type=module>
+import * as ort from './vendor/ort.wasm.min.mjs';
+ort.env.wasm.wasmPaths = new URL('./vendor/', location.href).href;
+const ref = await (await fetch('ref.json')).json(); const res = {};
+for (const name of Object.keys(ref).filter((k) => k !== 'A')) {
+  try { const s = await ort.InferenceSession.create(name + '.onnx', {executionProviders: ['wasm']});
+    const y = (await s.run({A: new ort.Tensor('float32', Float32Array.from(ref.A), [1, 3, 64])})).Y.data;
+    res[name] = Math.max(...Array.from(y, (v, i) => Math.abs(v - ref[name][i])));
+  } catch (e) { res[name] = String(e); } }
+window.RESULT = res;
+</script>""")
+    srv = make_server("127.0.0.1", 0, tmp_path / "assets", None, quiet=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    p, b = browser
+    page = b.new_page()
+    try:
+        page.goto(f"http://127.0.0.1:{srv.server_address[1]}/assets/www/index.html")
+        page.wait_for_function("window.RESULT", timeout=60_000)
+        res = page.evaluate("window.RESULT")
+    finally:
+        page.close()
+        srv.shutdown()
+    print(f"\nMatMulNBits in onnxruntime-web wasm, max |diff| vs Python onnxruntime: {res}")
+    for name, diff in res.items():
+        assert isinstance(diff, float | int), f"{name}: {diff}"
+        assert diff < 1e-3, f"{name}: {diff}"
