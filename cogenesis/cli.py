@@ -14,11 +14,14 @@ def _add_gen_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = off)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
     p.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="penalize tokens already in the reply (1 = off; 1.2 keeps a 135M model out of loops)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
 
 
 def _gen_kwargs(a) -> dict:
-    return dict(max_new_tokens=a.max_tokens, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed)
+    return dict(max_new_tokens=a.max_tokens, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed,
+                repetition_penalty=a.repetition_penalty)
 
 
 def _local_messages(instruction: str, ctx, system: str | None) -> list[dict]:
@@ -140,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="compile a model into a verified on-device bundle (ONNX + tokenizer + manifest)")
     p.add_argument("--model", default=None, help="HF folder or .gguf file (default: SmolLM2-135M-Instruct)")
     p.add_argument("--target", default="laptop-x86_64", help="device profile (see `cogenesis targets`)")
-    p.add_argument("--quant", default=None, choices=["fp32", "int8", "int4"], help="default: the target's choice")
+    p.add_argument("--quant", default=None, choices=["fp32", "int8", "int4", "int8-dynamic"],
+                   help="fp32 | int8 (weight-only, block 32) | int4 (GGUF-exact for .gguf sources, else MatMulNBits "
+                   "block 32) | int8-dynamic (onnxruntime quantize_dynamic, for comparison). Default: the target's")
     p.add_argument("--out", required=True, help="bundle directory to create")
     p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
     p.add_argument("--parity-tokens", type=int, default=64, help="tokens per prompt in the parity report")

@@ -23,7 +23,7 @@ from .default_model import cache_dir, default_model, gguf_to_hf
 from .onnx_export import export_fp32, model_facts
 from .targets import budget_check, get_target
 
-QUANTS = ("fp32", "int8", "int4")
+QUANTS = ("fp32", "int8", "int4", "int8-dynamic")
 
 
 @dataclass
@@ -131,7 +131,7 @@ def export_bundle(model: str | None, out: str | Path, quant: str = "int4", targe
 
     def fill(tmp: Path) -> dict:
         steps.set_postfix_str(f"quantize {quant}")
-        if quant == "int8":
+        if quant == "int8-dynamic":
             with tempfile.TemporaryDirectory(dir=tmp.parent) as qdir:
                 qinfo = quantize.int8_dynamic(fp32_path, Path(qdir) / "model.onnx")
                 m = onnx.load(str(Path(qdir) / "model.onnx"))
@@ -139,12 +139,14 @@ def export_bundle(model: str | None, out: str | Path, quant: str = "int4", targe
             m = onnx.load(str(fp32_path))
             if quant == "fp32":
                 qinfo = {"scheme": "fp32"}
+            elif quant == "int8":
+                qinfo = quantize.weight_only(m, bits=8, symmetric=True)
             elif src.gguf is not None:
                 from .gguf_exact import quantize_gguf_exact
 
                 qinfo = quantize_gguf_exact(m, str(src.gguf))
             else:
-                qinfo = quantize.int4_matmulnbits(m)
+                qinfo = quantize.weight_only(m, bits=4)
         graph.save(m, str(tmp / "model.onnx"), "model.onnx.data")
         sig = graph.io_signature(m)
         del m

@@ -73,10 +73,11 @@ class EdgeModel:
 
     def stream_ids(self, prompt: Prompt, max_new_tokens: int = 256, temperature: float = 0.0, top_k: int = 0,
                    top_p: float = 1.0, seed: int | None = None, stop_ids: set[int] | None = None,
-                   stats: GenerationStats | None = None, logits_hook=None) -> Iterator[int]:
+                   stats: GenerationStats | None = None, logits_hook=None,
+                   repetition_penalty: float = 1.0) -> Iterator[int]:
         ids = prompt if isinstance(prompt, list) and prompt and isinstance(prompt[0], int) else self.encode(prompt)
         return generate_tokens(self.decoder, ids, self._sampler(temperature, top_k, top_p, seed), max_new_tokens,
-                               self.stop_ids if stop_ids is None else stop_ids, stats, logits_hook)
+                               self.stop_ids if stop_ids is None else stop_ids, stats, logits_hook, repetition_penalty)
 
     def stream(self, prompt: Prompt, stats: GenerationStats | None = None, **kw) -> Iterator[str]:
         """Yield text pieces as they are generated."""

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 from tokenizers import Tokenizer
 
 from .model import Decoder
@@ -33,13 +34,21 @@ def generate_tokens(
     stop_ids: set[int],
     stats: GenerationStats | None = None,
     logits_hook: Callable[[int, object], object] | None = None,
+    repetition_penalty: float = 1.0,
 ) -> Iterator[int]:
-    """Yield new token ids. `logits_hook(step, logits) -> logits` may rewrite the logits (fusion uses it)."""
+    """Yield new token ids. `logits_hook(step, logits) -> logits` may rewrite the logits (fusion uses it).
+
+    repetition_penalty > 1 divides positive (multiplies negative) logits of tokens already generated, as
+    transformers does, but only over the reply: the private context's words must stay usable.
+    """
     stats = stats if stats is not None else GenerationStats()
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if not prompt_ids:
         raise ValueError("the prompt is empty")
+    if repetition_penalty <= 0:
+        raise ValueError(f"repetition_penalty must be > 0 (1 = off), got {repetition_penalty}")
+    seen: list[int] = []
     decoder.reset()
     stats.prompt_tokens = len(prompt_ids)
     t0 = time.perf_counter()
@@ -47,9 +56,15 @@ def generate_tokens(
     stats.prefill_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     for step in range(max_new_tokens):
+        if repetition_penalty != 1.0 and seen:
+            idx = np.unique(np.asarray(seen))
+            v = logits[idx]
+            logits = logits.copy()
+            logits[idx] = np.where(v > 0, v / repetition_penalty, v * repetition_penalty)
         if logits_hook is not None:
             logits = logits_hook(step, logits)
         tok = sampler(logits)
+        seen.append(tok)
         stats.new_tokens += 1
         if tok in stop_ids:
             stats.stop_reason = "stop_token"

@@ -14,6 +14,7 @@ What needs what (each test skips with the reason when its part is missing; `make
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -164,56 +165,90 @@ def test_dex_code_verifies_and_runs_on_a_jvm(apk):
 
 
 # ------------------------------------------------------------------------------------------------ guard (node)
-GUARD_CASES = """
-import { buildIndex, scan, check } from './guard.js';
-const ctx = {
-  profile: { Name: 'Maria Lopez', Age: '34', City: 'Valencia',
-             Interests: 'birdwatching, paella on Sundays, long bike rides along the Turia gardens' },
-  history: [{ title: 'Weekend plans', text: 'Nothing fancy this weekend: a slow bike ride to the beach, a big paella with my sister.' }],
-  private: ['My landlord is raising the rent in March and I have not told anyone yet.'],
-};
-const idx = buildIndex(ctx);
-const kinds = (t) => scan(t, idx).map((f) => f.label);
-const out = {
-  clean: kinds('Write a short invitation to a picnic this weekend.'),
-  name: kinds('Write a note to MARIA  lopez about the fair.'),
-  age_ignored: kinds('I am 34 years old.'),
-  city: kinds('a poem about Valencia'),
-  ngram: kinds('She said: a slow bike ride to the beach sounds great.'),
-  four_words_ok: kinds('a slow bike ride today'),
-  private_note: kinds('my landlord is raising the rent soon'),
-  email: kinds('write to someone@example.com'),
-  phone: kinds('call +34 612 345 678 now'),
-  year_not_phone: kinds('in 2024 we had 3 events'),
-  long_profile_ngram: kinds('I love paella on Sundays, long bike rides'),
-  strict: check({ messages: [{ role: 'user', content: 'hi Maria Lopez' }] }, '', idx, { strict: true }),
-  lenient: check({ messages: [{ role: 'user', content: 'hi Maria Lopez' }] }, '', idx, { strict: false }),
-  escaped: check({ prompt: 'a slow\\nbike ride to the beach' }, JSON.stringify({ prompt: 'a slow\\nbike ride to the beach' }), idx),
-};
-console.log(JSON.stringify(out));
+GUARD_JS = DEMO / "www/js/guard.js"
+NODE_PARITY = """
+import { readFileSync } from 'node:fs';
+import { EgressGuard } from '%s';
+const cases = JSON.parse(readFileSync(0, 'utf8'));
+const detok = (ids) => new TextDecoder().decode(Uint8Array.from(ids));
+const out = cases.map(({ context, texts, bodies, sanitize }) => {
+  const g = new EgressGuard(context, { mode: 'audit', detokenize: detok });
+  const f = (xs) => xs.map((x) => [x.kind, x.source, x.match, x.path]);
+  return { texts: texts.map((t) => f(g.scanText(t))), bodies: bodies.map((b) => f(g.scanBody(b))),
+           sanitize: sanitize.map((t) => g.sanitize(t)) };
+});
+process.stdout.write(JSON.stringify(out));
 """
 
 
-def test_privacy_guard_rules():
+def _guard_cases() -> list[dict]:
+    """Contexts and texts: the authors' sample records (each record's texts against several users' contexts) and
+    canaries in every field class, so each rule of cloud_bridge.guard is exercised."""
+    from cogenesis.context import PrivateContext, WritingSample, parse_profile_block
+
+    recs = json.loads((ROOT / "cogenesis/assets/sample_data.json").read_text())
+    contexts = [PrivateContext(parse_profile_block(r["additional_profile"]),
+                               [WritingSample(h["title"], h["text"]) for h in r["profile"]], []) for r in recs]
+    contexts.append(PrivateContext(
+        {"Age": "34 CNRY0Q919X", "Name": "Dr. Zelphine Quarrington", "Location": "Vexmouth, Lorindale",
+         "Occupation": "Luxury Real Estate Agent", "Personal_traits": "Friendly; violet heron sings over harbor lanterns",
+         "Email": "zelphine.q@example.org", "Phone": "+44 7700 900123", "Address": "12 Quay Road; Flat 3",
+         "Pets": "Has a cat named Whiskers; allergic to hazelnuts"},
+        [WritingSample("Harbor notes at dusk", "The violet heron sings over harbor lanterns as the tide turns. Ref AB12CD.")],
+        ["My landlord is raising the rent in March and I have not told anyone yet.", "Sk8-Track"]))
+    texts = []
+    for r in recs:
+        texts += [r["conversations"][0]["value"], r["conversations"][1]["value"], *r.get("additional_tasks", [])]
+        texts.append("I once wrote: " + r["profile"][0]["text"][40:200])  # verbatim spans against its own context
+    texts += [
+        "Zelphine will write to ZELPHINE and zelphine about Vexmouth, vexmouth and Lorindale.",
+        "Email zelphine.q@example.org or call +44 7700 900123, card 4111 1111 1111 1111, IBAN GB82 WEST 1234 5698 7654 32.",
+        "SSN 123-45-6789 at 221 Baker Street; my cat named Whiskers; the violet heron sings over the harbor lanterns.",
+        "She is 34 and friendly. Ref AB12CD and Sk8-Track, the 21st of May in the 80s, a 10-year plan.",
+        "Call 555-123-4567 or (206) 555-0142 or +1 206 555 0199; not 2024 or 1.5 or 12-34.",
+        "Stra\u00dfe caf\u00e9 \u201cquoted\u201d \u2014 don\u2019t stop; na\u00efve r\u00e9sum\u00e9 (MARISOL) Tacoma.",
+    ]
+    bodies = [
+        {"model": "m", "messages": [{"role": "user", "content": t}]} for t in texts[-5:]
+    ] + [{"prompt": list("Call Zelphine at +44 7700 900123".encode()), "max_tokens": 1},
+         {"Vexmouth": "key is private", "n": 3, "flag": True, "x": None}]
+    out = []
+    for ctx in contexts:
+        out.append({"context": ctx.to_dict(), "texts": texts, "bodies": bodies,
+                    "sanitize": [t for t in texts if len(t) < 300]})
+    return out
+
+
+def test_guard_parity_with_python():
+    """www/js/guard.js finds exactly what cogenesis.cloud_bridge.guard finds (kind, source, match, JSON path)."""
     if _missing_tools("node"):
         pytest.skip("node not installed")
-    r = _run(["node", "--input-type=module", "-e", GUARD_CASES], cwd=DEMO / "www/js")
+    guard_py = pytest.importorskip("cogenesis.cloud_bridge.guard")
+    from cogenesis.context import PrivateContext
+
+    cases = _guard_cases()
+    r = _run(["node", "--input-type=module", "-e", NODE_PARITY % GUARD_JS.as_uri()], input=json.dumps(cases))
     assert r.returncode == 0, r.stderr
-    o = json.loads(r.stdout)
-    assert o["clean"] == []
-    assert o["name"] == ["profile.Name"]
-    assert o["age_ignored"] == []  # values under 3 characters are not matched
-    assert o["city"] == ["profile.City"]
-    assert o["ngram"] == ["history[0].text"]
-    assert o["four_words_ok"] == []  # n-grams are 5 words
-    assert o["private_note"] == ["private[0]"]
-    assert o["email"] == ["pattern.email"]
-    assert o["phone"] == ["pattern.phone"]
-    assert o["year_not_phone"] == []
-    assert o["long_profile_ngram"] == ["profile.Interests"]
-    assert o["strict"]["allowed"] is False and o["strict"]["verdict"] == "blocked"
-    assert o["lenient"]["allowed"] is True and o["lenient"]["verdict"] == "sent-with-findings"
-    assert o["escaped"]["verdict"] == "blocked"  # JSON escaping (\\n) cannot hide a span
+    js = json.loads(r.stdout)
+
+    def detok(ids):
+        return bytes(ids).decode("utf-8", errors="replace")
+
+    n_findings = 0
+    for case, got in zip(cases, js, strict=True):
+        g = guard_py.EgressGuard(PrivateContext.from_dict(case["context"]), mode="audit", detokenize=detok)
+        for t, jf in zip(case["texts"], got["texts"], strict=True):
+            want = [[f.kind, f.source, f.match, f.path] for f in g.scan_text(t)]
+            assert jf == want, f"text {t[:80]!r}"
+            n_findings += len(want)
+        for b, jf in zip(case["bodies"], got["bodies"], strict=True):
+            want = [[f.kind, f.source, f.match, f.path] for f in g.scan_body(b)]
+            assert jf == want, f"body {json.dumps(b)[:80]}"
+        for t, js_s in zip(case["sanitize"], got["sanitize"], strict=True):
+            py_s = g.sanitize(t)
+            assert js_s["text"] == py_s.text, t
+            assert [tuple(c) for c in js_s["changes"]] == py_s.changes, t
+    assert n_findings > 100  # the cases really exercise the rules
 
 
 # ------------------------------------------------------------------------------------------------ browser
@@ -353,7 +388,7 @@ def app(browser, fake_cloud, bundle):
     page = ctx.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    q = f"?cloud={fake_cloud.url}&token=test-token&autoload=1&example=1&maxTokens=24&strict=1"
+    q = f"?cloud={fake_cloud.url}&token=test-token&autoload=1&example=1&maxTokens=24&privacy=strict"
     page.goto(START + q)
     page.wait_for_function("window.cogenesisReady === true", timeout=30_000)
     page.wait_for_function("window.cogenesis.model !== null || "
@@ -373,12 +408,17 @@ def shot(page, name: str) -> Path:
 
 # ------------------------------------------------------------------------------------------------ reference
 def python_reference(bundle: Path, messages: list[dict], n: int) -> tuple[list[int], list[int]]:
-    """(prompt ids, first n greedy ids) from onnxruntime in Python on the same ONNX.
+    """(prompt ids, first n greedy ids) from the Python runtime on the same bundle: cogenesis.runtime for a real
+    bundle (manifest.json), else a plain onnxruntime greedy loop (a raw export without a manifest).
 
-    The template is rendered with jinja2 and encoded WITHOUT special tokens: the bundle's tokenizer.json has a
-    TemplateProcessing post-processor that would prepend a second <|im_start|> to the rendered ChatML.
-    TODO(lead): switch to cogenesis.runtime's greedy generate once it exists (same prompt, same n).
+    The template is rendered and encoded WITHOUT special tokens, as cogenesis.runtime does: the bundle's
+    tokenizer.json has a TemplateProcessing post-processor that would prepend a second <|im_start|>.
     """
+    if (bundle / "manifest.json").is_file():
+        import cogenesis.runtime as rt
+
+        m = rt.load(bundle, threads=2)
+        return m.encode(messages), m.generate(messages, max_new_tokens=n, temperature=0.0).token_ids
     import jinja2
     import numpy as np
     import onnxruntime as ort
@@ -474,7 +514,7 @@ def test_seeded_sampling_is_reproducible(app):
 def test_decode_speed_in_browser(app):
     r = app.evaluate(
         """async (msgs) => { const m = window.cogenesis.model; const ids = m.encode(m.renderChat(msgs));
-             const res = await m.generate(ids, {maxNewTokens: 64, sampling: 'greedy'});
+             const res = await m.generate(ids, {maxNewTokens: 32, sampling: 'greedy'});
              return {tps: res.tokensPerSecond, n: res.ids.length, prefill: res.prefillSeconds, prompt: ids.length,
                      threads: m.info.threads, bytes: m.info.bytes}; }""",
         [{"role": "user", "content": "Tell me a long story about a lighthouse keeper."}],
@@ -530,12 +570,13 @@ def test_sketch_mode_sends_only_the_instruction(app, fake_cloud):
     assert len(entries) == 1
     assert entries[0]["body"] == sent[0]["body"]
     assert entries[0]["verdict"] == "clean" and entries[0]["sent"] is True
+    assert entries[0]["sha256"] == hashlib.sha256(sent[0]["body"].encode()).hexdigest()
     assert app.text_content("#outline") == FakeCloud.OUTLINE
     shot(app, "2_write_sketch")
 
 
 @pytest.mark.slow
-def test_strict_mode_blocks_a_private_instruction(app, fake_cloud):
+def test_strict_mode_blocks_a_private_instruction_then_sends_it_sanitized(app, fake_cloud):
     before = len(fake_cloud.requests)
     status, out = _generate_via_ui(app, "Write a note from Maria Lopez to the parents about the spring fair.", "sketch")
     assert status == "failed"
@@ -543,10 +584,18 @@ def test_strict_mode_blocks_a_private_instruction(app, fake_cloud):
     assert len(fake_cloud.requests) == before  # nothing left the phone
     e = app.evaluate("window.cogenesis.egress.entries[0]")
     assert e["verdict"] == "blocked" and e["sent"] is False
-    assert any(f["label"] == "profile.Name" for f in e["findings"])
+    assert any(f["source"] == "profile.Name" and f["kind"] == "identifier" for f in e["findings"])
+    # the phone offers the instruction with the private facts rewritten, and sends only that
+    app.wait_for_selector("#sanitize-box:not([hidden])")
+    assert app.text_content("#sanitized") == "Write a note from the user to the parents about the spring fair."
+    shot(app, "3_write_blocked_sanitize")
+    app.click("#btn-send-sanitized")
+    app.wait_for_function("document.getElementById('gen-status').textContent.startsWith('done')", timeout=300_000)
+    sent = fake_cloud.requests[before:]
+    assert len(sent) == 1 and "Maria" not in sent[0]["body"] and "the user to the parents" in sent[0]["body"]
     app.click("nav.tabs button[data-go=egress]")
     app.wait_for_selector(".eg .verdict.blocked")
-    shot(app, "3_egress")
+    shot(app, "4_egress")
 
 
 @pytest.mark.slow
@@ -565,6 +614,9 @@ def test_logits_mode_experimental(app, fake_cloud):
     assert [len(b["prompt"]) for b in bodies] == list(range(len(bodies[0]["prompt"]), len(bodies[0]["prompt"]) + len(bodies)))
     first = app.evaluate("(ids) => window.cogenesis.model.decode(ids, false)", bodies[0]["prompt"])
     assert instruction in first and "Maria" not in first and "Valencia" not in first
+    app.click("nav.tabs button[data-go=egress]")
+    app.wait_for_selector(".eg")
+    shot(app, "7_egress_logits")
     app.click("nav.tabs button[data-go=settings]")
     app.fill("#set-max", "24")
     app.click("nav.tabs button[data-go=write]")
@@ -606,11 +658,11 @@ def test_context_and_settings_screens(app):
     assert "Maria Lopez" in vals
     stored = app.evaluate("JSON.parse(localStorage.getItem('cogenesis.context.v1'))")
     assert stored["profile"]["Name"] == "Maria Lopez"
-    shot(app, "4_private_context")
+    shot(app, "5_private_context")
     app.click("nav.tabs button[data-go=settings]")
     assert app.input_value("#set-cloud").startswith("http://127.0.0.1:")
     assert "crossOriginIsolated=true" in app.text_content("#env-info")
-    shot(app, "5_settings")
+    shot(app, "6_settings")
     app.click("nav.tabs button[data-go=write]")
     assert app.errors == []
 

@@ -1,14 +1,16 @@
 // CoGenesis Edge demo UI: screens, settings, private context storage, and the three modes.
 //
 // Query string (overrides settings for this launch; handy for tests and `adb shell am start --es query ...`):
-//   cloud, token, cloudModel, mode (local|sketch|logits), strict (0|1), bundle, keep (0|1), threads,
+//   cloud, token, cloudModel, mode (local|sketch|logits), privacy (strict|audit|off) or strict (1|0), bundle,
+//   keep (0|1), threads,
 //   maxTokens, sampling (greedy|seeded), seed, temperature, topP, alpha, fuseK, instruction, tab,
 //   autoload (1 = load the bundle at start), example (1 = put the example private context in if empty).
 
 import { LocalModel, fetchBundleFile, forgetCachedBundle, logSoftmax, argmax, ortVersion, pickThreads } from './runtime.js';
-import { EgressLog, BlockedError, requestSketch, requestNextTokenLogprobs, logGet } from './cloud.js';
+import { EgressLog, PrivacyViolation, requestSketch, requestNextTokenLogprobs, logGet } from './cloud.js';
 import { localMessages, cloudLogitsMessages } from './prompts.js';
 import * as guard from './guard.js';
+import { EgressGuard, MODES } from './guard.js';
 
 const $ = (id) => document.getElementById(id);
 const SETTINGS_KEY = 'cogenesis.settings.v1';
@@ -16,7 +18,7 @@ const CONTEXT_KEY = 'cogenesis.context.v1';
 
 const DEFAULTS = {
   bundleUrl: '/bundle/', keepCopy: false, threads: 0,
-  cloudUrl: '', cloudToken: '', cloudModel: 'cogenesis-cloud', strict: true,
+  cloudUrl: '', cloudToken: '', cloudModel: 'cogenesis-cloud', privacyMode: 'strict',
   mode: 'local', maxTokens: 160, sampling: 'greedy', seed: 0, temperature: 0.7, topP: 0.9, topK: 50,
   alpha: 0.5, fusionTopK: 10,
 };
@@ -31,6 +33,7 @@ const MODE_HINTS = {
 const params = new URLSearchParams(location.search);
 const stored = (() => { try { return JSON.parse(localStorage.getItem(SETTINGS_KEY) || '{}'); } catch { return {}; } })();
 const settings = { ...DEFAULTS, ...stored };
+delete settings.strict; // older builds stored a boolean
 applyQuery(settings, params);
 
 const egress = new EgressLog();
@@ -47,7 +50,9 @@ function applyQuery(s, p) {
   if (p.has('mode') && MODE_HINTS[p.get('mode')]) s.mode = p.get('mode');
   if (p.has('bundle')) s.bundleUrl = p.get('bundle');
   if (p.has('sampling')) s.sampling = p.get('sampling') === 'seeded' ? 'seeded' : 'greedy';
-  bool('strict', 'strict'); bool('keep', 'keepCopy');
+  if (p.has('strict')) s.privacyMode = ['0', 'false', 'no'].includes(p.get('strict').toLowerCase()) ? 'audit' : 'strict';
+  if (p.has('privacy') && MODES.includes(p.get('privacy'))) s.privacyMode = p.get('privacy');
+  bool('keep', 'keepCopy');
   num('threads', 'threads'); num('maxTokens', 'maxTokens'); num('seed', 'seed'); num('temperature', 'temperature');
   num('topP', 'topP'); num('alpha', 'alpha'); num('fuseK', 'fusionTopK');
 }
@@ -77,7 +82,7 @@ document.querySelectorAll('.tabs button').forEach((b) => b.addEventListener('cli
 const fields = {
   'set-bundle': ['bundleUrl', 'text'], 'set-keep': ['keepCopy', 'check'], 'set-threads': ['threads', 'num'],
   'set-cloud': ['cloudUrl', 'text'], 'set-token': ['cloudToken', 'text'], 'set-cloud-model': ['cloudModel', 'text'],
-  'set-strict': ['strict', 'check'], 'set-max': ['maxTokens', 'num'], 'set-sampling': ['sampling', 'text'],
+  'set-privacy': ['privacyMode', 'text'], 'set-max': ['maxTokens', 'num'], 'set-sampling': ['sampling', 'text'],
   'set-seed': ['seed', 'num'], 'set-temp': ['temperature', 'num'], 'set-topp': ['topP', 'num'],
   'set-alpha': ['alpha', 'num'], 'set-fusek': ['fusionTopK', 'num'],
 };
@@ -242,8 +247,8 @@ function renderEgress() {
         <span class="verdict ${esc(e.verdict)}">${esc(e.verdict)}</span></div>
       <div class="url">${esc(e.url)}</div>
       <div class="purpose">${esc(e.purpose || '')} · ${esc(e.time.replace('T', ' ').slice(0, 19))}${e.status != null ? ' · status ' + esc(e.status) : ''}</div>
-      ${e.findings.length ? e.findings.map((f) => `<div class="finding">⚠ ${esc(f.kind)} ${esc(f.label)}: “${esc(f.match)}”</div>`).join('') : '<div class="purpose">guard: nothing private found</div>'}
-      ${e.body ? `<div class="purpose">exact body, ${e.bytes} bytes:</div><pre class="body">${markedBody(e.body, e.findings)}</pre>` : ''}
+      ${e.findings.length ? e.findings.map((f) => `<div class="finding">⚠ ${esc(f.kind)} from ${esc(f.source)}: “${esc(f.match)}”${f.path ? ' at ' + esc(f.path) : ''}</div>`).join('') : `<div class="purpose">guard (${esc(e.mode || 'strict')}): ${e.verdict === 'not-inspected' ? 'not inspected' : 'nothing private found'}</div>`}
+      ${e.body ? `<div class="purpose">exact body, ${e.bytes} bytes${e.sha256 ? ', sha256 ' + esc(e.sha256.slice(0, 16)) + '…' : ''}:</div><pre class="body">${markedBody(e.body, e.findings)}</pre>` : ''}
       ${e.decoded ? `<div class="purpose">token-id prompt decoded on the phone (what the guard scanned):</div><pre>${esc(e.decoded)}</pre>` : ''}
     </div>`).join('');
 }
@@ -268,6 +273,10 @@ function fuse(localLogits, cloud, alpha, k, temperature, sampling, rng) {
   return ids[ids.length - 1];
 }
 
+/**
+ * Run one generation. opts: instruction, mode, cloudInstruction (what the cloud gets in sketch mode when the
+ * user accepted a sanitized instruction; the phone still uses the original with the private context).
+ */
 async function generate(opts = {}) {
   formToSettings();
   const instruction = (opts.instruction ?? $('instruction').value).trim();
@@ -280,6 +289,7 @@ async function generate(opts = {}) {
   out.textContent = '';
   $('gen-stats').textContent = '';
   $('outline-box').hidden = true;
+  $('sanitize-box').hidden = true;
   abort = new AbortController();
   $('btn-generate').disabled = true; $('btn-stop').disabled = false;
   try {
@@ -291,25 +301,26 @@ async function generate(opts = {}) {
     const notes = [];
     if (mode === 'sketch') {
       status.textContent = 'asking the cloud for an outline (instruction only)…';
-      outline = await requestSketch(settings, instruction, ctx, egress, abort.signal);
+      outline = await requestSketch(settings, opts.cloudInstruction ?? instruction, ctx, egress, abort.signal);
       $('outline').textContent = outline; $('outline-box').hidden = false; $('outline-box').open = true;
       messages = localMessages(ctx, instruction, outline);
+      if (opts.cloudInstruction) notes.push('cloud got the sanitized instruction');
     } else {
       messages = localMessages(ctx, instruction);
     }
     if (mode === 'logits') {
-      const cloudIds = m.encode(m.renderChat(cloudLogitsMessages(instruction)));
+      const cloudIds = m.encode(m.renderChat(cloudLogitsMessages(opts.cloudInstruction ?? instruction)));
       let cloudOff = false;
       pickNext = async (logits, { ids, rng }) => {
         if (cloudOff) return settings.sampling === 'seeded' ? fuse(logits, new Map(), 0, 40, settings.temperature, 'seeded', rng) : argmax(logits);
         const prompt = cloudIds.concat(ids);
         try {
-          const lp = await requestNextTokenLogprobs(settings, prompt, m.decode(prompt, false), ctx, egress, (t) => m.tokenizer.token_to_id(t), abort.signal);
+          const lp = await requestNextTokenLogprobs(settings, prompt, (x) => m.decode(x, false), ctx, egress, (t) => m.tokenizer.token_to_id(t), abort.signal);
           return fuse(logits, lp, settings.alpha, settings.fusionTopK, settings.temperature, settings.sampling, rng);
         } catch (e) {
-          if (!(e instanceof BlockedError)) throw e;
+          if (!(e instanceof PrivacyViolation) || ids.length === 0) throw e;
           cloudOff = true; // the text so far now holds a private span: finish on the phone alone
-          notes.push('cloud dropped at step ' + ids.length + ': the text so far contains a private span');
+          notes.push(`cloud dropped at token ${ids.length}: the text so far names something private`);
           return argmax(logits);
         }
       };
@@ -328,7 +339,12 @@ async function generate(opts = {}) {
     return { ...res, mode, outline, promptIds, messages };
   } catch (e) {
     out.classList.add('error');
-    out.textContent = e instanceof BlockedError ? `Not sent. ${e.message}\nSee the Egress tab; use Local mode or remove the private detail from the instruction.` : String(e.message || e);
+    if (e instanceof PrivacyViolation) {
+      out.textContent = `Not sent: blocked by the privacy guard (strict mode).\n${e.findings.map((f) => `• ${f.kind} from ${f.source}: “${f.match}”`).join('\n')}\nSee the Egress tab.`;
+      offerSanitized(instruction, mode, ctx);
+    } else {
+      out.textContent = String(e.message || e);
+    }
     status.textContent = 'failed';
     throw e;
   } finally {
@@ -336,6 +352,17 @@ async function generate(opts = {}) {
     abort = null;
   }
 }
+
+/** After a block: show the instruction with the private facts rewritten (on the phone) and offer to send that. */
+function offerSanitized(instruction, mode, ctx) {
+  const s = new EgressGuard(ctx, { mode: 'off' }).sanitize(instruction);
+  if (!s.changes.length || new EgressGuard(ctx).scanText(s.text).length) return;
+  $('sanitized').textContent = s.text;
+  $('sanitize-changes').textContent = s.changes.map(([a, b]) => `“${a}” → ${b}`).join('   ');
+  $('sanitize-box').hidden = false;
+  $('btn-send-sanitized').onclick = () => generate({ instruction, mode, cloudInstruction: s.text }).catch((e) => console.warn(e));
+}
+
 $('btn-generate').addEventListener('click', () => generate().catch((e) => console.warn(e)));
 $('btn-stop').addEventListener('click', () => abort?.abort());
 

@@ -1,7 +1,7 @@
 // Everything that leaves the phone goes through egressFetch(): the exact body is serialized once,
 // scanned by the privacy guard, logged in the egress panel, and only then (if allowed) sent.
 
-import { buildIndex, check } from './guard.js';
+import { EgressGuard, PrivacyViolation, toRecord } from './guard.js';
 
 export class EgressLog {
   constructor(storageKey = 'cogenesis.egress.v1', max = 100) {
@@ -25,12 +25,7 @@ export class EgressLog {
   onChange(f) { this.listeners.add(f); }
 }
 
-export class BlockedError extends Error {
-  constructor(findings) {
-    super(`blocked by the privacy guard (strict mode): ${findings.map((f) => `${f.label} "${f.match}"`).join('; ')}`);
-    this.findings = findings;
-  }
-}
+export { PrivacyViolation };
 
 function maskAuth(headers) {
   const out = { ...headers };
@@ -38,23 +33,33 @@ function maskAuth(headers) {
   return out;
 }
 
+async function sha256Hex(text) {
+  if (!globalThis.crypto?.subtle) return null;
+  const d = new Uint8Array(await crypto.subtle.digest('SHA-256', new TextEncoder().encode(text)));
+  return Array.from(d, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
 /**
- * POST a JSON body to the cloud. opts: {context, strict, token, purpose, extraTexts (decoded views, e.g. a
- * token-id prompt as text), log (EgressLog), signal}. Returns the parsed JSON response.
+ * POST a JSON body to the cloud through the privacy guard. opts: {context, mode ('strict'|'audit'|'off'),
+ * token, purpose, detokenize (ids -> text, for token-id prompts), decoded (text shown for a token-id prompt),
+ * log (EgressLog), signal}. The body is serialized once; those exact bytes are scanned, logged and sent.
+ * Strict mode throws PrivacyViolation (nothing is sent). Returns the parsed JSON response.
  */
 export async function egressFetch(url, bodyObj, opts) {
-  const { context, strict = true, token = '', purpose = '', extraTexts = [], log, signal } = opts;
-  const bodyText = JSON.stringify(bodyObj);
-  const index = buildIndex(context);
-  const verdict = check(bodyObj, bodyText, index, { strict, extraTexts });
+  const { context, mode = 'strict', token = '', purpose = '', detokenize = null, decoded, log, signal } = opts;
+  const bodyText = JSON.stringify(bodyObj); // = Python's json.dumps(ensure_ascii=False, separators=(",", ":"))
+  const guard = new EgressGuard(context, { mode, detokenize });
+  const findings = mode === 'off' ? [] : guard.scanBody(bodyObj);
+  const blocked = mode === 'strict' && findings.length > 0;
+  const verdict = mode === 'off' ? 'not-inspected' : !findings.length ? 'clean' : blocked ? 'blocked' : 'sent-with-findings';
   const headers = { 'Content-Type': 'application/json' };
   if (token) headers.Authorization = `Bearer ${token}`;
   const entry = log?.add({
-    time: new Date().toISOString(), method: 'POST', url, purpose, headers: maskAuth(headers), body: bodyText,
-    bytes: new TextEncoder().encode(bodyText).length, findings: verdict.findings, verdict: verdict.verdict,
-    sent: verdict.allowed, status: null, decoded: extraTexts.length ? extraTexts.join('\n---\n') : undefined,
+    time: new Date().toISOString(), method: 'POST', url, purpose, mode, headers: maskAuth(headers), body: bodyText,
+    bytes: new TextEncoder().encode(bodyText).length, sha256: await sha256Hex(bodyText),
+    findings: findings.map(toRecord), verdict, sent: !blocked, status: null, decoded,
   });
-  if (!verdict.allowed) throw new BlockedError(verdict.findings);
+  if (blocked) throw new PrivacyViolation(url, findings);
   let resp;
   try {
     resp = await fetch(url, { method: 'POST', headers, body: bodyText, mode: 'cors', cache: 'no-store', signal });
@@ -98,7 +103,7 @@ export async function requestSketch(settings, instruction, ctx, log, signal) {
     stream: false,
   };
   const res = await egressFetch(apiUrl(settings.cloudUrl, '/v1/chat/completions'), body, {
-    context: ctx, strict: settings.strict, token: settings.cloudToken, purpose: 'sketch: outline request', log, signal,
+    context: ctx, mode: settings.privacyMode, token: settings.cloudToken, purpose: 'sketch: outline request', log, signal,
   });
   const outline = res?.choices?.[0]?.message?.content ?? res?.choices?.[0]?.text;
   if (typeof outline !== 'string') throw new Error('cloud reply has no choices[0].message.content');
@@ -112,7 +117,7 @@ export async function requestSketch(settings, instruction, ctx, log, signal) {
  * return_tokens_as_token_ids) or by token text (mapped back through the tokenizer), or
  * choices[0].logprobs.top_ids/top_id_logprobs (plain arrays).
  */
-export async function requestNextTokenLogprobs(settings, promptIds, decodedPrompt, ctx, log, tokenToId, signal) {
+export async function requestNextTokenLogprobs(settings, promptIds, detokenize, ctx, log, tokenToId, signal) {
   const k = Math.max(1, Math.min(20, settings.fusionTopK || 10));
   const body = {
     model: settings.cloudModel || 'cogenesis-cloud',
@@ -123,8 +128,8 @@ export async function requestNextTokenLogprobs(settings, promptIds, decodedPromp
     return_tokens_as_token_ids: true,
   };
   const res = await egressFetch(apiUrl(settings.cloudUrl, '/v1/completions'), body, {
-    context: ctx, strict: settings.strict, token: settings.cloudToken, purpose: 'logits: next-token logprobs',
-    extraTexts: [decodedPrompt], log, signal,
+    context: ctx, mode: settings.privacyMode, token: settings.cloudToken, purpose: 'logits: next-token logprobs',
+    detokenize, decoded: detokenize(promptIds), log, signal,
   });
   const lp = res?.choices?.[0]?.logprobs ?? {};
   const out = new Map();

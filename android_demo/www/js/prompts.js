@@ -1,6 +1,6 @@
 // Prompt builders for the local model. The private context only ever goes into these local prompts.
 
-export const LOCAL_SYSTEM = 'You are a writing assistant running privately on the user\'s phone. '
+export const LOCAL_SYSTEM = 'You are a writing assistant running privately on the user\'s phone. You write AS the user, in the first person. '
   + 'Write in the user\'s own voice, using their profile and past writings for style and facts.';
 
 /** Same layout as cogenesis.context.PrivateContext.render(): profile lines, then past writings, then notes. */

@@ -165,11 +165,13 @@ export class LocalModel {
     const manifest = manifestText ? JSON.parse(manifestText) : {};
     const files = bundleFiles(manifest);
     onStatus?.('loading tokenizer');
-    const tokJson = JSON.parse(await fetchText(u(files.tokenizer), fopts));
+    const tokBytes = await fetchBundleFile(u(files.tokenizer), fopts);
+    await verifyFile(files.tokenizer, tokBytes, files.table);
+    const tokJson = JSON.parse(new TextDecoder().decode(tokBytes));
     const tokCfgText = await fetchText(u('tokenizer_config.json'), fopts, true);
     const tokCfg = tokCfgText ? JSON.parse(tokCfgText) : {};
     const templateSrc = (await fetchText(u(files.chatTemplate), fopts, true)) ?? tokCfg.chat_template ?? null;
-    const genCfgText = await fetchText(u('generation_config.json'), fopts, true);
+    const genCfgText = await fetchText(u(files.generationConfig), fopts, true);
     const genCfg = genCfgText ? JSON.parse(genCfgText) : {};
     const tokenizer = new Tokenizer(tokJson, tokCfg);
 
@@ -186,6 +188,12 @@ export class LocalModel {
     };
     const modelBytes = await fetchBundleFile(u(files.model), { ...fopts, onProgress: prog(files.model) });
     const extBytes = externalName ? await fetchBundleFile(u(externalName), { ...fopts, onProgress: prog(externalName) }) : null;
+
+    if (Object.keys(files.table).length) {
+      onStatus?.('verifying sha256');
+      await verifyFile(files.model, modelBytes, files.table);
+      if (extBytes) await verifyFile(externalName, extBytes, files.table);
+    }
 
     onStatus?.('creating session');
     ort.env.wasm.numThreads = pickThreads(threads);
@@ -211,8 +219,8 @@ export class LocalModel {
     this.hasLogitsToKeep = inputs.includes('num_logits_to_keep');
     this.hasPositionIds = inputs.includes('position_ids');
     // kv heads / head dim: from the ONNX metadata when onnxruntime-web exposes it, else the manifest, else SmolLM2-135M's.
-    let kvHeads = manifest?.model?.num_key_value_heads ?? manifest?.num_key_value_heads ?? 3;
-    let headDim = manifest?.model?.head_dim ?? manifest?.head_dim ?? 64;
+    let kvHeads = manifest?.model?.num_kv_heads ?? 3;
+    let headDim = manifest?.model?.head_dim ?? 64;
     const meta = session.inputMetadata;
     if (Array.isArray(meta)) {
       const kv = meta.find((x) => x.name === 'past_key_values.0.key');
@@ -223,7 +231,7 @@ export class LocalModel {
     }
     this.kvHeads = kvHeads;
     this.headDim = headDim;
-    const eos = genCfg.eos_token_id ?? manifest?.eos_token_id ?? [];
+    const eos = manifest?.special_tokens?.eos_token_ids ?? genCfg.eos_token_id ?? [];
     this.eosIds = new Set((Array.isArray(eos) ? eos : [eos]).filter((x) => x != null));
     const imEnd = tokenizer.token_to_id('<|im_end|>'); // ChatML turn end
     if (imEnd !== undefined) this.eosIds.add(imEnd);
@@ -236,9 +244,8 @@ export class LocalModel {
   /** Render messages with the bundle's chat template (SmolLM2: ChatML) and add the generation prompt. */
   renderChat(messages) {
     if (this.template) {
-      return this.template.render({
-        messages, add_generation_prompt: true, bos_token: '<|im_start|>', eos_token: '<|im_end|>',
-      });
+      const strings = this.manifest?.special_tokens?.strings ?? { bos_token: '<|im_start|>', eos_token: '<|im_end|>' };
+      return this.template.render({ ...strings, messages, add_generation_prompt: true });
     }
     return messages.map((m) => `<|im_start|>${m.role}\n${m.content}<|im_end|>\n`).join('') + '<|im_start|>assistant\n';
   }
@@ -333,17 +340,44 @@ export class LocalModel {
   }
 }
 
-/** Which files make up the bundle: manifest.json when it says, else the contract's default names. */
+/**
+ * Which files make up the bundle. The exporter's manifest.json (format "cogenesis-bundle" v1) names them:
+ * onnx.file / onnx.data, tokenizer, chat_template, generation_config, and files: {name: {sha256, size}}.
+ * Without a manifest the contract's default names are used and model.onnx.data is probed with HEAD.
+ */
 export function bundleFiles(manifest) {
-  const f = manifest?.files ?? {};
-  const pick = (...cands) => cands.find((x) => typeof x === 'string' && x.length > 0);
-  const fileList = Array.isArray(f) ? f.map((x) => (typeof x === 'string' ? x : x?.path)).filter(Boolean) : Object.values(f).filter((x) => typeof x === 'string');
-  const model = pick(f.model, f.onnx, manifest?.model_file, manifest?.onnx?.file, fileList.find((x) => x.endsWith('.onnx'))) ?? 'model.onnx';
-  const ext = pick(f.external_data, f.model_data, manifest?.onnx?.external_data, fileList.find((x) => x.endsWith('.onnx.data') || x.endsWith('.onnx_data')));
+  const m = manifest ?? {};
+  const table = m.files && typeof m.files === 'object' && !Array.isArray(m.files) ? m.files : {};
+  const names = Object.keys(table);
+  const pick = (...c) => c.find((x) => typeof x === 'string' && x.length > 0);
+  const model = pick(m.onnx?.file, names.find((x) => x.endsWith('.onnx'))) ?? 'model.onnx';
+  const data = pick(m.onnx?.data, m.onnx?.external_data, names.find((x) => x === model + '.data' || x.endsWith('.onnx.data')));
   return {
     model,
-    externalData: ext ?? (fileList.length ? null : undefined), // undefined = probe with HEAD
-    tokenizer: pick(f.tokenizer, manifest?.tokenizer_file) ?? 'tokenizer.json',
-    chatTemplate: pick(f.chat_template, manifest?.chat_template_file) ?? 'chat_template.jinja',
+    externalData: data ?? (names.length || m.onnx ? null : undefined), // undefined = unknown, probe with HEAD
+    tokenizer: pick(m.tokenizer) ?? 'tokenizer.json',
+    chatTemplate: pick(m.chat_template) ?? 'chat_template.jinja',
+    generationConfig: pick(m.generation_config) ?? 'generation_config.json',
+    table,
   };
+}
+
+/** sha256 of bytes as hex (WebCrypto: available in secure contexts such as https://appassets...). */
+export async function sha256Hex(bytes) {
+  const d = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes));
+  return Array.from(d, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+/** Check a file against manifest.json's files table (size + sha256), like cogenesis.bundle.verify_bundle. */
+export async function verifyFile(name, bytes, table) {
+  const want = table?.[name];
+  if (!want) return false;
+  if (want.size != null && want.size !== bytes.length) {
+    throw new Error(`${name}: ${bytes.length} bytes, manifest.json says ${want.size} (incomplete copy? push/download it again)`);
+  }
+  if (want.sha256 && globalThis.crypto?.subtle) {
+    const got = await sha256Hex(bytes);
+    if (got !== want.sha256) throw new Error(`${name}: sha256 ${got.slice(0, 12)}… does not match manifest.json (${want.sha256.slice(0, 12)}…); copy the bundle again`);
+  }
+  return true;
 }

