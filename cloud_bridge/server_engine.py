@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
-
 from cogenesis.runtime import EdgeModel
 from cogenesis.runtime.model import Decoder
 from cogenesis.runtime.sampling import Sampler, SamplingConfig
@@ -69,6 +68,7 @@ class RunInfo:
     computed_tokens: int = 0  # tokens run through the model (prompt + generated)
     prompt_logprobs: list[TopLogprobs | None] = field(default_factory=list)
     completion_ids: list[int] = field(default_factory=list)
+    completion_logprobs: list[TopLogprobs] = field(default_factory=list)  # when the request asked for logprobs
 
 
 class _Slot:
@@ -195,6 +195,8 @@ class Engine:
                 yield RunEvent(finish_reason="stop", stop_reason=tok)
                 return
             out.append(tok)
+            if lp is not None:
+                info.completion_logprobs.append(lp)
             yield RunEvent(token=tok, logprobs=lp)
             if req.stop:
                 tail = self.model.tokenizer.decode(out[-(max_stop + 8):], skip_special_tokens=True)

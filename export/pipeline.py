@@ -23,7 +23,7 @@ from .default_model import cache_dir, default_model, gguf_to_hf
 from .onnx_export import export_fp32, model_facts
 from .targets import budget_check, get_target
 
-QUANTS = ("fp32", "int8", "int4", "int8-dynamic")
+QUANTS = ("fp32", "int8", "int4", "int4-fast", "int8-dynamic")
 
 
 @dataclass
@@ -144,7 +144,8 @@ def export_bundle(model: str | None, out: str | Path, quant: str = "int4", targe
             elif src.gguf is not None:
                 from .gguf_exact import quantize_gguf_exact
 
-                qinfo = quantize_gguf_exact(m, str(src.gguf))
+                # int4-fast: int8 activations per block of 32 (what llama.cpp does for Q4_1): faster, not exact
+                qinfo = quantize_gguf_exact(m, str(src.gguf), accuracy_level=4 if quant == "int4-fast" else 0)
             else:
                 qinfo = quantize.weight_only(m, bits=4)
         graph.save(m, str(tmp / "model.onnx"), "model.onnx.data")

@@ -1,0 +1,401 @@
+"""Bridge client: the edge's only way to the cloud (an OpenAI-compatible server: ours or vLLM).
+
+Every request body goes through ``guard.inspect(endpoint, body)`` first (strict mode raises
+`PrivacyViolation` and nothing is sent) and the bytes sent are exactly ``encode_body(body)``, so the audit
+log's sha256 is the hash of what went on the wire. Token-id prompts are scanned through ``detokenize``.
+
+Errors are `CloudError` subclasses that name the URL and the fix; 429, 5xx and timeouts are retried
+(``retries`` times, exponential ``backoff``, honouring Retry-After), nothing else is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import requests
+
+from cogenesis.data.prompts import parse_outline, sketch_request
+
+from .guard import EgressGuard, encode_body
+
+API_KEY_ENV = "COGENESIS_CLOUD_API_KEY"
+SESSION_HEADER = "X-Session-Id"
+MAX_RETRY_AFTER_S = 10.0
+
+
+class CloudError(Exception):
+    """The cloud request failed; `url`, `status` (HTTP code or None) and `fix` say where and what to do."""
+
+    retryable = False
+
+    def __init__(self, message: str, url: str = "", status: int | None = None, fix: str = ""):
+        self.message, self.url, self.status, self.fix = message, url, status, fix
+        text = f"{message} [{url}]" if url else message
+        super().__init__(f"{text}; fix: {fix}" if fix else text)
+
+
+class CloudAuthError(CloudError):
+    """401/403: missing or wrong API key."""
+
+
+class CloudNotFoundError(CloudError):
+    """404: wrong base URL, endpoint not served, or unknown model name."""
+
+
+class CloudBadRequestError(CloudError):
+    """400/422 and other 4xx: the server rejected the request (a limit, a field it does not support)."""
+
+
+class CloudPayloadTooLargeError(CloudError):
+    """413: the request body is over the server's size limit."""
+
+
+class CloudRateLimitError(CloudError):
+    """429: too many requests (retried)."""
+
+    retryable = True
+
+
+class CloudServerError(CloudError):
+    """5xx: the server failed (retried)."""
+
+    retryable = True
+
+
+class CloudTimeoutError(CloudError):
+    """No answer within the read timeout, or no connection within the connect timeout (retried)."""
+
+    retryable = True
+
+
+class CloudConnectionError(CloudError):
+    """Connection refused, DNS failure, reset: nothing is listening there."""
+
+
+class CloudProtocolError(CloudError):
+    """The answer is not the JSON the OpenAI/vLLM API specifies (garbage, missing fields, empty outline)."""
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str | None
+    usage: dict = field(default_factory=dict)
+    raw: dict = field(default_factory=dict)
+
+
+class CloudClient:
+    """HTTP client for an OpenAI-compatible cloud (vLLM extensions used: prompt_logprobs, return_tokens_as_token_ids).
+
+    `guard`: the EgressGuard every body passes (default: a strict guard with no private context, which still
+    blocks e-mails, phone and card numbers...; `cogenesis.write` swaps in one that knows the context).
+    `detokenize`: ids -> text, for scanning token-id prompts (set on the guard when it has none).
+    `timeout`: (connect, read) seconds. `session_id`: sent as X-Session-Id so the server can reuse its KV
+    cache for this client's growing prefix (default: a random id per client; "" sends none).
+    """
+
+    def __init__(self, base_url: str, api_key: str | None = None, model: str | None = None,
+                 guard: EgressGuard | None = None, timeout: tuple[float, float] | float = (3.05, 60.0),
+                 retries: int = 2, backoff: float = 0.5, session_id: str | None = None,
+                 detokenize: Callable[[list[int]], str] | None = None, http: requests.Session | None = None):
+        if not base_url or "://" not in base_url:
+            raise ValueError(f"base_url must be like http://127.0.0.1:8000 (got {base_url!r})")
+        url = base_url.rstrip("/")
+        self.base_url = url[:-3] if url.endswith("/v1") else url
+        self.api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+        self.model = model
+        self.default_guard = guard is None
+        self.guard = guard if guard is not None else EgressGuard(None, mode="strict", detokenize=detokenize)
+        if detokenize is not None and self.guard.detokenize is None:
+            self.guard.detokenize = detokenize
+        self.timeout = timeout
+        self.retries = max(0, int(retries))
+        self.backoff = backoff
+        self.session_id = uuid.uuid4().hex if session_id is None else session_id
+        self.http = http or requests.Session()
+        self.requests_sent = 0  # HTTP attempts that left (retries included)
+        self.bytes_sent = 0
+        self._caps: dict | None = None
+
+    # -- plumbing ------------------------------------------------------------------------------------------
+    def with_guard(self, guard: EgressGuard) -> CloudClient:
+        """A client sharing this one's connection, settings and session id but inspecting with `guard`."""
+        c = CloudClient.__new__(CloudClient)
+        c.__dict__.update(self.__dict__)
+        c.guard, c.default_guard = guard, False
+        if guard.detokenize is None and self.guard.detokenize is not None:
+            guard.detokenize = self.guard.detokenize
+        c._parent = self
+        return c
+
+    def _bump(self, n_bytes: int) -> None:
+        c = self
+        while c is not None:  # counters are kept on the client and every client it was derived from
+            c.requests_sent += 1
+            c.bytes_sent += n_bytes
+            c = c.__dict__.get("_parent")
+
+    def _headers(self, has_body: bool) -> dict:
+        h = {"Accept": "application/json"}
+        if has_body:
+            h["Content-Type"] = "application/json"
+        if self.api_key:
+            h["Authorization"] = f"Bearer {self.api_key}"
+        if self.session_id:
+            h[SESSION_HEADER] = self.session_id
+        return h
+
+    def request(self, method: str, path: str, body: dict | None = None, parse: bool = True) -> dict | None:
+        """Inspect `body` with the guard, send exactly its bytes, retry 429/5xx/timeouts, return the JSON."""
+        self.guard.inspect(path, body if body is not None else b"")  # raises PrivacyViolation: nothing is sent
+        raw = encode_body(body) if body is not None else None
+        url = self.base_url + path
+        for attempt in range(self.retries + 1):
+            try:
+                return self._once(method, url, raw, parse)
+            except CloudError as e:
+                if not e.retryable or attempt == self.retries:
+                    raise
+                time.sleep(self._delay(e, attempt))
+        raise AssertionError("unreachable")
+
+    def _delay(self, e: CloudError, attempt: int) -> float:
+        after = getattr(e, "retry_after", None)
+        if after is not None:
+            return min(after, MAX_RETRY_AFTER_S)
+        return self.backoff * (2**attempt)
+
+    def _once(self, method: str, url: str, raw: bytes | None, parse: bool) -> dict | None:
+        self._bump(len(raw or b""))
+        try:
+            r = self.http.request(method, url, data=raw, headers=self._headers(raw is not None), timeout=self.timeout)
+        except requests.Timeout as e:
+            raise CloudTimeoutError(f"no answer within {self.timeout} s (connect, read)", url, None,
+                                    "check that the server is up and not overloaded, or raise timeout=") from e
+        except requests.ConnectionError as e:
+            raise CloudConnectionError(f"cannot connect ({_root(e)})", url, None,
+                                       "start the cloud server (cogenesis cloud serve) or fix the base URL") from e
+        except requests.RequestException as e:
+            raise CloudConnectionError(f"request failed ({type(e).__name__}: {e})", url, None,
+                                       "check the base URL") from e
+        if r.status_code >= 400:
+            raise _http_error(r, url)
+        if not parse:
+            return None
+        try:
+            data = r.json()
+        except (json.JSONDecodeError, ValueError) as e:
+            raise CloudProtocolError(f"the answer is not JSON (HTTP {r.status_code}, {len(r.content)} bytes: "
+                                     f"{r.content[:60]!r})", url, r.status_code,
+                                     "point base_url at an OpenAI-compatible server (vLLM or cogenesis cloud serve)") from e
+        if not isinstance(data, dict):
+            raise CloudProtocolError(f"expected a JSON object, got {type(data).__name__}", url, r.status_code,
+                                     "point base_url at an OpenAI-compatible server")
+        return data
+
+    # -- server facts ----------------------------------------------------------------------------------------
+    def health(self) -> dict:
+        """GET /health: {"ok": True, ...the server's JSON if any} (vLLM answers an empty 200)."""
+        self.guard.inspect("/health", b"")
+        url = self.base_url + "/health"
+        self._bump(0)
+        try:
+            r = self.http.get(url, headers=self._headers(False), timeout=self.timeout)
+        except requests.Timeout as e:
+            raise CloudTimeoutError("no answer from /health", url, None, "check the server") from e
+        except requests.ConnectionError as e:
+            raise CloudConnectionError(f"cannot connect ({_root(e)})", url, None,
+                                       "start the cloud server (cogenesis cloud serve) or fix the base URL") from e
+        if r.status_code >= 400:
+            raise _http_error(r, url)
+        try:
+            extra = r.json() if r.content else {}
+        except ValueError:
+            extra = {}
+        return {"ok": True, **(extra if isinstance(extra, dict) else {})}
+
+    def capabilities(self) -> dict:
+        """The served model card from GET /v1/models (cached): id, max_model_len, `cogenesis` extensions."""
+        if self._caps is None:
+            data = self.request("GET", "/v1/models")
+            cards = data.get("data") if data else None
+            if not isinstance(cards, list) or not cards or not isinstance(cards[0], dict) or "id" not in cards[0]:
+                raise CloudProtocolError("GET /v1/models listed no model", self.base_url + "/v1/models", 200,
+                                         "check that the server serves a model")
+            card = next((c for c in cards if c.get("id") == self.model), cards[0]) if self.model else cards[0]
+            self._caps = card
+            if self.model is None:
+                self.model = card["id"]
+        return self._caps
+
+    def supports(self, extension: str) -> bool:
+        ext = (self.capabilities().get("cogenesis") or {}).get("extensions") or []
+        return extension in ext
+
+    def _model(self) -> str:
+        if self.model is None:
+            self.capabilities()
+        return self.model  # type: ignore[return-value]
+
+    # -- API -----------------------------------------------------------------------------------------------
+    def complete(self, prompt: str | Sequence[int], max_tokens: int = 16, temperature: float = 0.0,
+                 **extra) -> Completion:
+        """POST /v1/completions with a text or token-id prompt; `extra` fields go in the body as they are."""
+        p = prompt if isinstance(prompt, str) else [int(t) for t in prompt]
+        body = {"model": self._model(), "prompt": p, "max_tokens": max_tokens, "temperature": temperature, **extra}
+        data = self.request("POST", "/v1/completions", body)
+        ch = _choice(data, self.base_url + "/v1/completions")
+        return Completion(str(ch.get("text", "")), ch.get("finish_reason"), data.get("usage") or {}, data)
+
+    def chat(self, messages: list[dict], max_tokens: int = 256, temperature: float = 0.0, **extra) -> Completion:
+        """POST /v1/chat/completions (non-streaming)."""
+        body = {"model": self._model(), "messages": messages, "max_tokens": max_tokens, "temperature": temperature,
+                **extra}
+        url = self.base_url + "/v1/chat/completions"
+        data = self.request("POST", "/v1/chat/completions", body)
+        msg = _choice(data, url).get("message")
+        if not isinstance(msg, dict) or not isinstance(msg.get("content"), (str, type(None))):
+            raise CloudProtocolError("the chat answer has no message content", url, 200, "use a chat-capable server")
+        return Completion(msg.get("content") or "", _choice(data, url).get("finish_reason"), data.get("usage") or {},
+                          data)
+
+    def sketch(self, instruction: str, max_tokens: int = 320, temperature: float = 0.0, min_points: int = 8,
+               max_points: int = 15, **extra) -> list[str]:
+        """An outline of the answer from the cloud: `sketch_request(instruction)` -> at most `max_points` points.
+
+        Send only text that may leave the device (`cogenesis.write` sanitizes the instruction first)."""
+        c = self.chat(sketch_request(instruction, min_points, max_points), max_tokens=max_tokens,
+                      temperature=temperature, **extra)
+        points = parse_outline(c.text)[:max_points]
+        if not points:
+            raise CloudProtocolError(f"the cloud returned no outline ({c.text[:80]!r})",
+                                     self.base_url + "/v1/chat/completions", 200, "try another cloud model")
+        return points
+
+    def tokenize(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """POST /tokenize (vLLM): the server's token ids for `text` (the text is sent: it passes the guard)."""
+        data = self.request("POST", "/tokenize", {"model": self._model(), "prompt": text,
+                                                  "add_special_tokens": add_special_tokens})
+        ids = data.get("tokens") if data else None
+        if not isinstance(ids, list):
+            raise CloudProtocolError("/tokenize answered no 'tokens'", self.base_url + "/tokenize", 200,
+                                     "use vLLM or cogenesis cloud serve")
+        return [int(t) for t in ids]
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        data = self.request("POST", "/detokenize", {"model": self._model(), "tokens": [int(t) for t in ids]})
+        return str((data or {}).get("prompt", ""))
+
+    def next_token_logprobs(self, prefix_ids: Sequence[int], draft_ids: Sequence[int] = (), k: int = 20,
+                            include_tokens: bool = False) -> list[dict[int, float]]:
+        """The cloud's top-k logprobs predicting each draft token, then the token after the last one.
+
+        One request: prompt = prefix + drafts, `prompt_logprobs=k` (from the first draft position when the
+        server advertises `prompt_logprobs_start`), `max_tokens=1`, `logprobs=k`, temperature 0, token ids as
+        "token_id:N". Returns len(draft_ids) + 1 dicts {token id: logprob}; `include_tokens` adds each draft
+        token's own logprob when it is outside the top-k."""
+        prefix, draft = [int(t) for t in prefix_ids], [int(t) for t in draft_ids]
+        if not prefix:
+            raise ValueError("prefix_ids is empty")
+        ids, start = prefix + draft, len(prefix)
+        body: dict = {"model": self._model(), "prompt": ids, "max_tokens": 1, "temperature": 0, "logprobs": k,
+                      "return_tokens_as_token_ids": True}
+        if draft:
+            body["prompt_logprobs"] = k
+            if self.supports("prompt_logprobs_start"):
+                body["prompt_logprobs_start"] = start
+        url = self.base_url + "/v1/completions"
+        data = self.request("POST", "/v1/completions", body)
+        ch = _choice(data, url)
+        out: list[dict[int, float]] = []
+        if draft:
+            pl = ch.get("prompt_logprobs") or data.get("prompt_logprobs")
+            if not isinstance(pl, list) or len(pl) != len(ids):
+                raise CloudProtocolError(f"expected prompt_logprobs for {len(ids)} positions", url, 200,
+                                         "serve with vLLM >= 0.5 (prompt_logprobs) or cogenesis cloud serve")
+            for j in range(start, len(ids)):
+                entry = pl[j]
+                if not isinstance(entry, dict):
+                    raise CloudProtocolError(f"prompt_logprobs[{j}] is missing", url, 200, "check the server")
+                d = {}
+                for tid, v in entry.items():
+                    lp, rank = (v.get("logprob"), v.get("rank")) if isinstance(v, dict) else (v, None)
+                    if rank is None or rank <= k or (include_tokens and int(tid) == ids[j]):
+                        d[int(tid)] = float(lp)
+                out.append(d)
+        lps = ch.get("logprobs") or {}
+        tops = lps.get("top_logprobs") if isinstance(lps, dict) else None
+        if not isinstance(tops, list) or not tops or not isinstance(tops[0], dict):
+            raise CloudProtocolError("the answer has no top_logprobs for the next token", url, 200,
+                                     "the server must support 'logprobs' on /v1/completions")
+        out.append(_token_id_keys(tops[0], k, url))
+        return out
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> CloudClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ---- helpers -----------------------------------------------------------------------------------------------
+
+
+def _token_id_keys(top: dict, k: int, url: str) -> dict[int, float]:
+    out = {}
+    for key, lp in top.items():
+        if not isinstance(key, str) or not key.startswith("token_id:"):
+            raise CloudProtocolError(f"top_logprobs key {key!r} is not 'token_id:N'", url, 200,
+                                     "the server must support return_tokens_as_token_ids (vLLM >= 0.5.1)")
+        out[int(key[9:])] = float(lp)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1])[:k])
+
+
+def _choice(data: dict | None, url: str) -> dict:
+    ch = (data or {}).get("choices")
+    if not isinstance(ch, list) or not ch or not isinstance(ch[0], dict):
+        raise CloudProtocolError("the answer has no choices", url, 200, "point base_url at an OpenAI-compatible server")
+    return ch[0]
+
+
+def _root(e: Exception) -> str:
+    s = str(e)
+    for hint in ("Connection refused", "Name or service not known", "No route to host", "Connection reset"):
+        if hint in s:
+            return hint
+    return type(e).__name__
+
+
+def _http_error(r: requests.Response, url: str) -> CloudError:
+    msg = ""
+    try:
+        j = r.json()
+        err = j.get("error", j) if isinstance(j, dict) else j
+        msg = err.get("message", "") if isinstance(err, dict) else str(err)
+        msg = msg or (j.get("message", "") if isinstance(j, dict) else "")
+    except ValueError:
+        msg = r.text[:200]
+    s = r.status_code
+    what = f"HTTP {s}: {msg}".rstrip(": ")
+    if s in (401, 403):
+        return CloudAuthError(what, url, s, f"set the API key (api_key= or ${API_KEY_ENV}) to the server's --api-key")
+    if s == 404:
+        return CloudNotFoundError(what, url, s, "check the base URL (no /v1 needed) and the model name (GET /v1/models)")
+    if s == 413:
+        return CloudPayloadTooLargeError(what, url, s, "send a shorter prompt or raise the server's --max-body-bytes")
+    if s == 429:
+        e = CloudRateLimitError(what, url, s, "slow down or raise the server's limits")
+        ra = r.headers.get("Retry-After")
+        e.retry_after = float(ra) if ra and ra.replace(".", "", 1).isdigit() else None
+        return e
+    if s >= 500:
+        return CloudServerError(what, url, s, "the server failed; retry later or check its logs")
+    return CloudBadRequestError(what, url, s, "check the request fields against the server's limits (GET /v1/models)")

@@ -1,0 +1,803 @@
+"""Reference cloud server: the OpenAI-compatible subset (with vLLM's extensions) that the edge talks to.
+
+Runs a bundle through the project runtime, so tests, benchmarks and demos need no GPU and no vLLM, and the
+edge code is written against the same wire format vLLM serves (docs/vllm.md). Endpoints:
+
+* ``POST /v1/completions``: ``prompt`` as text or token ids, ``max_tokens`` (0 with ``echo`` or
+  ``prompt_logprobs`` = scoring only), ``logprobs`` (top-k of generated tokens), ``echo``, ``stop``,
+  ``temperature``/``top_p``/``top_k``/``seed``, vLLM's ``prompt_logprobs=k`` (at every prompt position, the
+  first null: ``{"<id>": {"logprob", "rank", "decoded_token"}}`` with the top-k and the prompt token itself),
+  vLLM's ``return_tokens_as_token_ids`` ("token_id:123"), ``stream``.
+* ``POST /v1/chat/completions``: ``messages`` rendered with the bundle's chat template; ``logprobs``/
+  ``top_logprobs``, ``prompt_logprobs``, ``stream``.
+* ``POST /tokenize``, ``POST /detokenize``, ``GET /v1/models``, ``GET /health`` (no auth), ``GET /metrics``.
+
+Extensions (advertised in ``/health`` and ``/v1/models`` under ``cogenesis.extensions``; clients use them only
+when advertised): ``prompt_logprobs_start`` (only positions >= start get prompt logprobs, earlier ones are
+null, so block fusion scores just its last few tokens and the session's cached prefix is reused), and
+``session_prefix_cache`` (requests with the same ``X-Session-Id`` header, or ``user`` field, reuse the longest
+common token prefix of the previous request; ``usage.prompt_tokens_details.cached_tokens`` says how much).
+
+Operations: Bearer-token auth (``--allow-unauthenticated`` only on loopback), request bodies over
+``max_body_bytes`` -> 413, limits on ``max_tokens``/k/positions -> 400 naming the limit, per-session locks,
+``simulate_rtt_ms`` latency, fault injection (``500``, ``429``, ``garbage`` = 200 with invalid JSON, ``stall`` =
+no answer for ``stall_s``), one JSON log line per request (logger ``cogenesis.cloud.server``) and
+``capture``: every request's exact body bytes (base64, with method, path and headers; the Authorization header
+redacted) appended to a JSONL file, read back with `read_capture`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from cogenesis.runtime import EdgeModel
+from cogenesis.runtime.sampling import SamplingConfig
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from .server_engine import Engine, RunInfo, RunRequest, TopLogprobs
+
+log = logging.getLogger("cogenesis.cloud.server")
+
+FAULTS = ("500", "429", "garbage", "stall")
+EXTENSIONS = ("prompt_logprobs_start", "session_prefix_cache")
+SESSION_HEADER = "x-session-id"
+API_KEY_ENV = "COGENESIS_CLOUD_API_KEY"
+_OPEN_PATHS = {"/health"}
+_DRAIN_LIMIT = 64 << 20  # read (and discard) up to this much of an oversize body so the 413 reaches the client
+
+
+@dataclass
+class ServerSettings:
+    api_key: str | None = None
+    allow_unauthenticated: bool = False
+    simulate_rtt_ms: float = 0.0
+    fault: str | None = None  # one of FAULTS
+    fault_count: int | None = None  # fault only the first N requests (None: every request)
+    stall_s: float = 30.0
+    capture: str | None = None  # JSONL file of every received request
+    max_body_bytes: int = 1 << 20
+    max_tokens: int = 1024
+    max_logprobs: int = 20  # vLLM's default --max-logprobs
+    max_prompt_tokens: int = 4096
+    max_logprob_positions: int = 2048
+    max_sessions: int = 16
+    max_parallel: int = 2
+    default_chat_max_tokens: int = 256
+    served_model_name: str | None = None
+
+
+class ApiError(Exception):
+    """An error answered as OpenAI-style JSON: {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.kind = status, message, param, kind
+
+    def response(self, headers: dict | None = None) -> JSONResponse:
+        body = {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.status}}
+        return JSONResponse(body, status_code=self.status, headers=headers)
+
+
+@dataclass
+class _State:
+    settings: ServerSettings
+    engine: Engine
+    model_name: str
+    recent: deque = field(default_factory=lambda: deque(maxlen=2000))  # the structured log lines, newest last
+    metrics: Counter = field(default_factory=Counter)
+    capture_lock: threading.Lock = field(default_factory=threading.Lock)
+    faults_left: int | None = None
+
+
+# ---- app -----------------------------------------------------------------------------------------------------
+
+
+def create_app(model: str | Path | EdgeModel, api_key: str | None = None, allow_unauthenticated: bool = False,
+               simulate_rtt_ms: float = 0, fault: str | None = None, *, threads: int | None = None,
+               **settings) -> FastAPI:
+    """The FastAPI app over a bundle directory (or an already loaded EdgeModel, whose session is shared).
+
+    Keyword settings: see `ServerSettings` (capture, fault_count, stall_s, max_* limits, served_model_name).
+    """
+    api_key = api_key or os.environ.get(API_KEY_ENV) or None
+    if not api_key and not allow_unauthenticated:
+        raise ValueError(f"the cloud server needs an API key: pass api_key / --api-key KEY (or set {API_KEY_ENV}), "
+                         "or allow_unauthenticated / --allow-unauthenticated on a loopback address")
+    if fault is not None and str(fault) not in FAULTS:
+        raise ValueError(f"fault must be one of {', '.join(FAULTS)}; got {fault!r}")
+    cfg = ServerSettings(api_key=api_key, allow_unauthenticated=allow_unauthenticated,
+                         simulate_rtt_ms=float(simulate_rtt_ms), fault=None if fault is None else str(fault), **settings)
+    if isinstance(model, EdgeModel):
+        edge = model
+    else:
+        from cogenesis.runtime import load
+
+        edge = load(model, threads=threads)
+    engine = Engine(edge, max_sessions=cfg.max_sessions, max_parallel=cfg.max_parallel)
+    cfg.max_prompt_tokens = min(cfg.max_prompt_tokens, engine.max_model_len - 1)
+    name = cfg.served_model_name or edge.manifest["model"].get("name") or edge.path.name
+    state = _State(cfg, engine, name, faults_left=cfg.fault_count)
+    app = FastAPI(title="CoGenesis reference cloud server", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.cogenesis = state
+    app.add_middleware(_Gate, state=state)
+    _routes(app, state)
+    return app
+
+
+def _routes(app: FastAPI, st: _State) -> None:
+    eng, cfg = st.engine, st.settings
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        _note(request, error=exc.message)
+        return exc.response()
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("request failed")
+        return ApiError(500, f"internal error: {type(exc).__name__}: {exc}", kind="server_error").response()
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "model": st.model_name, "cogenesis": _caps(st)}
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        card = {"id": st.model_name, "object": "model", "created": int(time.time()), "owned_by": "cogenesis",
+                "root": st.model_name, "parent": None, "max_model_len": eng.max_model_len, "cogenesis": _caps(st)}
+        return {"object": "list", "data": [card]}
+
+    @app.get("/metrics")
+    async def metrics() -> dict:
+        return {**st.metrics, "sessions": eng.session_count(), "evictions": eng.evictions}
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> dict:
+        body = await _body(request, st)
+        if "messages" in body:
+            ids = eng.model.encode(_messages(body, eng))
+        else:
+            prompt = body.get("prompt")
+            if not isinstance(prompt, str):
+                raise ApiError(400, "'prompt' must be a string (or send 'messages')", "prompt")
+            ids = eng.model.tokenizer.encode(prompt, add_special_tokens=bool(body.get("add_special_tokens", True))).ids
+        return {"count": len(ids), "max_model_len": eng.max_model_len, "tokens": ids}
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> dict:
+        body = await _body(request, st)
+        return {"prompt": eng.model.tokenizer.decode(_token_ids(body.get("tokens"), eng, "tokens"),
+                                                     skip_special_tokens=False)}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        body = await _body(request, st)
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+            prompt = prompt[0]  # a batch of one
+        if isinstance(prompt, str):
+            ids = eng.model.tokenizer.encode(prompt, add_special_tokens=bool(body.get("add_special_tokens", True))).ids
+        elif isinstance(prompt, list):
+            ids = _token_ids(prompt, eng, "prompt")
+        else:
+            raise ApiError(400, "'prompt' must be a string or a list of token ids (one prompt per request)", "prompt")
+        echo = bool(body.get("echo", False))
+        k_gen = _opt_int(body, "logprobs", 0, cfg.max_logprobs)
+        req, k_pl, pl_start = _run_request(body, ids, st, default_max=16, k_gen=k_gen, echo_k=k_gen if echo else None)
+        as_ids = bool(body.get("return_tokens_as_token_ids", False))
+        key = _session_key(request, body)
+        _note(request, session=key)
+        created, rid = int(time.time()), f"cmpl-{uuid.uuid4().hex}"
+        if body.get("stream"):
+            return _sse(_stream(st, request, key, req, rid, created, "text_completion", body,
+                                prefix=eng.model.decode(ids) if echo else ""))
+        info, finish, reason = await run_in_threadpool(_collect, st, key, req)
+        _note(request, **_usage_log(info))
+        text = _cut(eng.model.decode(info.completion_ids), reason)
+        choice = {"index": 0, "text": (eng.model.tokenizer.decode(ids, skip_special_tokens=True) if echo else "") + text,
+                  "logprobs": None, "finish_reason": finish, "stop_reason": reason if isinstance(reason, (str, int)) else None,
+                  "prompt_logprobs": _prompt_lp_json(info, k_pl, pl_start, eng) if k_pl is not None else None}
+        if k_gen is not None:
+            choice["logprobs"] = _completion_logprobs(info, ids if echo else [], k_gen, as_ids, eng)
+        return _json({"id": rid, "object": "text_completion", "created": created, "model": st.model_name,
+                      "choices": [choice], "usage": _usage(info)})
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        body = await _body(request, st)
+        msgs = _messages(body, eng)
+        text = eng.model.render(msgs, add_generation_prompt=bool(body.get("add_generation_prompt", True)))
+        ids = eng.model.tokenizer.encode(text, add_special_tokens=False).ids
+        want_lp = bool(body.get("logprobs", False))
+        k_gen = (_opt_int(body, "top_logprobs", 0, cfg.max_logprobs) or 0) if want_lp else None
+        if "max_completion_tokens" in body and "max_tokens" not in body:
+            body = {**body, "max_tokens": body["max_completion_tokens"]}
+        req, k_pl, pl_start = _run_request(body, ids, st, default_max=cfg.default_chat_max_tokens, k_gen=k_gen)
+        key = _session_key(request, body)
+        _note(request, session=key)
+        created, rid = int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
+        if body.get("stream"):
+            return _sse(_stream(st, request, key, req, rid, created, "chat.completion.chunk", body))
+        info, finish, reason = await run_in_threadpool(_collect, st, key, req)
+        _note(request, **_usage_log(info))
+        content = _cut(eng.model.decode(info.completion_ids), reason)
+        choice = {"index": 0, "message": {"role": "assistant", "content": content}, "logprobs": None,
+                  "finish_reason": finish, "stop_reason": reason if isinstance(reason, (str, int)) else None}
+        if k_gen is not None:
+            choice["logprobs"] = {"content": _chat_logprobs(info, k_gen, bool(body.get("return_tokens_as_token_ids")), eng)}
+        return _json({"id": rid, "object": "chat.completion", "created": created, "model": st.model_name,
+                      "choices": [choice], "usage": _usage(info),
+                      "prompt_logprobs": _prompt_lp_json(info, k_pl, pl_start, eng) if k_pl is not None else None})
+
+
+def _caps(st: _State) -> dict:
+    c = st.settings
+    return {"extensions": list(EXTENSIONS), "max_logprobs": c.max_logprobs, "max_tokens": c.max_tokens,
+            "max_prompt_tokens": c.max_prompt_tokens, "max_logprob_positions": c.max_logprob_positions,
+            "max_body_bytes": c.max_body_bytes, "session_header": "X-Session-Id"}
+
+
+# ---- request parsing -----------------------------------------------------------------------------------------
+
+
+async def _body(request: Request, st: _State) -> dict:
+    raw = await request.body()
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"request body is not valid JSON ({e})") from e
+    if not isinstance(body, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    model = body.get("model")
+    if model not in (None, "", st.model_name):
+        raise ApiError(404, f"The model `{model}` does not exist; this server serves `{st.model_name}` (GET /v1/models)",
+                       "model", kind="NotFoundError")
+    return body
+
+
+def _opt_int(body: dict, name: str, lo: int, hi: int) -> int | None:
+    v = body.get(name)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ApiError(400, f"'{name}' must be an integer, got {v!r}", name)
+    if not lo <= v <= hi:
+        raise ApiError(400, f"'{name}' must be between {lo} and {hi} (server limit), got {v}", name)
+    return v
+
+
+def _num(body: dict, name: str, default: float, lo: float, hi: float) -> float:
+    v = body.get(name, default)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+        raise ApiError(400, f"'{name}' must be a number in [{lo}, {hi}], got {v!r}", name)
+    return float(v)
+
+
+def _token_ids(v: object, eng: Engine, name: str) -> list[int]:
+    if not isinstance(v, list) or not v or not all(isinstance(t, int) and not isinstance(t, bool) for t in v):
+        raise ApiError(400, f"'{name}' must be a non-empty list of token ids", name)
+    bad = [t for t in v if not 0 <= t < eng.vocab_size]
+    if bad:
+        raise ApiError(400, f"'{name}' has token ids outside the vocabulary [0, {eng.vocab_size}): {bad[:5]}", name)
+    return list(v)
+
+
+def _messages(body: dict, eng: Engine) -> list[dict]:
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise ApiError(400, "'messages' must be a non-empty list of {role, content}", "messages")
+    out = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise ApiError(400, f"messages[{i}] must be an object with a 'role' and 'content'", "messages")
+        c = m.get("content")
+        if isinstance(c, list):  # content parts: keep the text ones
+            c = "".join(p.get("text", "") for p in c if isinstance(p, dict) and p.get("type") == "text")
+        if not isinstance(c, str):
+            raise ApiError(400, f"messages[{i}].content must be a string or a list of text parts", "messages")
+        out.append({"role": m["role"], "content": c})
+    return out
+
+
+def _run_request(body: dict, ids: list[int], st: _State, default_max: int, k_gen: int | None,
+                 echo_k: int | None = None) -> tuple[RunRequest, int | None, int]:
+    """Validate the generation and scoring fields; returns the run, and the prompt-logprobs k and start."""
+    cfg, eng = st.settings, st.engine
+    n = len(ids)
+    if n > cfg.max_prompt_tokens:
+        raise ApiError(400, f"the prompt has {n} tokens; this server accepts at most {cfg.max_prompt_tokens}", "prompt")
+    if body.get("n", 1) not in (1, None) or body.get("best_of", 1) not in (1, None):
+        raise ApiError(400, "only n=1 (and best_of=1) is supported", "n")
+    max_tokens = body.get("max_tokens", default_max)
+    if max_tokens is None:
+        max_tokens = default_max
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 0 <= max_tokens <= cfg.max_tokens:
+        raise ApiError(400, f"'max_tokens' must be an integer between 0 and {cfg.max_tokens} (server limit), "
+                            f"got {max_tokens!r}", "max_tokens")
+    k_pl = _opt_int(body, "prompt_logprobs", 0, cfg.max_logprobs)
+    start = _opt_int(body, "prompt_logprobs_start", 0, max(n, 0)) or 0
+    if max_tokens == 0 and echo_k is None and k_pl is None and not body.get("echo"):
+        raise ApiError(400, "'max_tokens' is 0: only allowed with echo or prompt_logprobs (scoring)", "max_tokens")
+    if n + max_tokens > eng.max_model_len:
+        raise ApiError(400, f"prompt ({n} tokens) + max_tokens ({max_tokens}) exceeds the model's context of "
+                            f"{eng.max_model_len} tokens", "max_tokens")
+    if body.get("stream") and k_pl is not None:
+        raise ApiError(400, "prompt_logprobs is not available with stream=true", "prompt_logprobs")
+    run_k, run_start = k_pl, start
+    if echo_k is not None:  # echo + logprobs scores every prompt token
+        run_k, run_start = max(k_pl or 0, echo_k), 0
+    if run_k is not None and n - max(run_start, 1) > cfg.max_logprob_positions:
+        raise ApiError(400, f"prompt logprobs asked for {n - max(run_start, 1)} positions; the limit is "
+                            f"{cfg.max_logprob_positions} (use prompt_logprobs_start to ask for the last few only)",
+                       "prompt_logprobs")
+    top_k = body.get("top_k", 0)
+    top_k = 0 if top_k in (None, -1) else top_k
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise ApiError(400, f"'top_k' must be -1, 0 or a positive integer, got {top_k!r}", "top_k")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ApiError(400, f"'seed' must be an integer, got {seed!r}", "seed")
+    top_p = _num(body, "top_p", 1.0, 0.0, 1.0)
+    sampling = SamplingConfig(temperature=_num(body, "temperature", 1.0, 0.0, 100.0), top_k=top_k,
+                              top_p=top_p if top_p > 0 else 1.0, seed=seed)
+    stop = body.get("stop") or []
+    stop = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop) or len(stop) > 8:
+        raise ApiError(400, "'stop' must be a string or a list of at most 8 non-empty strings", "stop")
+    stop_ids = set() if body.get("ignore_eos") else set(eng.model.stop_ids)
+    extra = body.get("stop_token_ids") or []
+    if not isinstance(extra, list) or not all(isinstance(t, int) for t in extra):
+        raise ApiError(400, "'stop_token_ids' must be a list of token ids", "stop_token_ids")
+    req = RunRequest(prompt_ids=ids, max_tokens=max_tokens, sampling=sampling, prompt_logprobs=run_k,
+                     prompt_logprobs_start=run_start, logprobs=k_gen, stop_ids=stop_ids | set(extra), stop=stop)
+    return req, k_pl, start
+
+
+def _session_key(request: Request, body: dict) -> str | None:
+    key = request.headers.get(SESSION_HEADER) or body.get("user")
+    return str(key)[:200] if key else None
+
+
+# ---- running -------------------------------------------------------------------------------------------------
+
+
+def _collect(st: _State, key: str | None, req: RunRequest) -> tuple[RunInfo, str, str | int | None]:
+    info = RunInfo()
+    finish, reason = "length", None
+    with st.engine.session(key) as dec:
+        for ev in st.engine.run(dec, req, info):
+            if ev.finish_reason:
+                finish, reason = ev.finish_reason, ev.stop_reason
+    _count(st, info)
+    return info, finish, reason
+
+
+def _count(st: _State, info: RunInfo) -> None:
+    m = st.metrics
+    m["runs"] += 1
+    m["prompt_tokens"] += info.prompt_tokens
+    m["cached_tokens"] += info.cached_tokens
+    m["computed_tokens"] += info.computed_tokens
+    m["completion_tokens"] += len(info.completion_ids)
+
+
+def _stream(st: _State, request: Request, key: str | None, req: RunRequest, rid: str, created: int, obj: str,
+            body: dict, prefix: str = "") -> Iterator[str]:
+    """Server-sent events; text is released once stable (no half characters, no partial stop string)."""
+    eng, chat = st.engine, obj.startswith("chat")
+    hold = max((len(s) for s in req.stop), default=1) - 1
+    info = RunInfo()
+
+    def chunk(text: str | None, finish: str | None = None, role: bool = False) -> str:
+        if chat:
+            delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text else {})
+            c = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        else:
+            c = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+        return "data: " + json.dumps({"id": rid, "object": obj, "created": created, "model": st.model_name,
+                                      "choices": [c]}, ensure_ascii=False) + "\n\n"
+
+    if chat:
+        yield chunk(None, role=True)
+    elif prefix:
+        yield chunk(prefix)
+    emitted = 0
+    with eng.session(key) as dec:
+        for ev in eng.run(dec, req, info):
+            text = eng.model.decode(info.completion_ids)
+            if ev.finish_reason:
+                final = _cut(text, ev.stop_reason)
+                if len(final) > emitted:
+                    yield chunk(final[emitted:])
+                yield chunk(None, finish=ev.finish_reason)
+                break
+            safe = len(text) - hold - (1 if text.endswith("\ufffd") else 0)
+            if safe > emitted:
+                yield chunk(text[emitted:safe])
+                emitted = safe
+    _count(st, info)
+    _note(request, **_usage_log(info))
+    if (body.get("stream_options") or {}).get("include_usage"):
+        yield "data: " + json.dumps({"id": rid, "object": obj, "created": created, "model": st.model_name,
+                                     "choices": [], "usage": _usage(info)}) + "\n\n"
+    yield "data: [DONE]\n\n"
+
+
+def _sse(it: Iterator[str]) -> StreamingResponse:
+    return StreamingResponse(it, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _cut(text: str, reason: str | int | None) -> str:
+    if isinstance(reason, str) and reason in text:
+        return text[: text.index(reason)]
+    return text
+
+
+# ---- response shapes -----------------------------------------------------------------------------------------
+
+
+def _json(content: dict) -> Response:
+    return Response(json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8"),
+                    media_type="application/json")
+
+
+def _usage(info: RunInfo) -> dict:
+    n = len(info.completion_ids)
+    return {"prompt_tokens": info.prompt_tokens, "completion_tokens": n, "total_tokens": info.prompt_tokens + n,
+            "prompt_tokens_details": {"cached_tokens": info.cached_tokens}}
+
+
+def _usage_log(info: RunInfo) -> dict:
+    return {"prompt_tokens": info.prompt_tokens, "completion_tokens": len(info.completion_ids),
+            "cached_tokens": info.cached_tokens, "computed_tokens": info.computed_tokens}
+
+
+def _tok(eng: Engine, tid: int, as_ids: bool) -> str:
+    return f"token_id:{tid}" if as_ids else eng.piece(tid)
+
+
+def _prompt_entry(t: TopLogprobs, k: int, eng: Engine) -> dict:
+    out = {}
+    if t.token is not None:
+        out[str(t.token)] = {"logprob": t.token_logprob, "rank": t.token_rank, "decoded_token": eng.piece(t.token)}
+    for r, (tid, lp) in enumerate(zip(t.ids[:k], t.logprobs[:k], strict=True), 1):
+        out.setdefault(str(tid), {"logprob": lp, "rank": r, "decoded_token": eng.piece(tid)})
+    return out
+
+
+def _prompt_lp_json(info: RunInfo, k: int, start: int, eng: Engine) -> list:
+    return [None if (t is None or p < start) else _prompt_entry(t, k, eng) for p, t in enumerate(info.prompt_logprobs)]
+
+
+def _top_dict(t: TopLogprobs, k: int, as_ids: bool, eng: Engine) -> dict[str, float]:
+    d = {_tok(eng, tid, as_ids): lp for tid, lp in zip(t.ids[:k], t.logprobs[:k], strict=True)}
+    if t.token is not None:
+        d.setdefault(_tok(eng, t.token, as_ids), t.token_logprob)
+    return d
+
+
+def _completion_logprobs(info: RunInfo, echo_ids: list[int], k: int, as_ids: bool, eng: Engine) -> dict:
+    tokens, lps, tops, offsets = [], [], [], []
+    pos = 0
+    rows: list[tuple[int, TopLogprobs | None]] = [(t, info.prompt_logprobs[i] if info.prompt_logprobs else None)
+                                                  for i, t in enumerate(echo_ids)]
+    rows += list(zip(info.completion_ids, info.completion_logprobs, strict=False))
+    for tid, t in rows:
+        tokens.append(_tok(eng, tid, as_ids))
+        offsets.append(pos)
+        pos += len(eng.piece(tid))
+        lps.append(None if t is None else t.token_logprob)
+        tops.append(None if t is None else _top_dict(t, k, as_ids, eng))
+    return {"text_offset": offsets, "token_logprobs": lps, "tokens": tokens, "top_logprobs": tops}
+
+
+def _chat_logprobs(info: RunInfo, k: int, as_ids: bool, eng: Engine) -> list[dict]:
+    out = []
+    for tid, t in zip(info.completion_ids, info.completion_logprobs, strict=False):
+        s = _tok(eng, tid, as_ids)
+        tops = [{"token": _tok(eng, i, as_ids), "logprob": lp, "bytes": list(_tok(eng, i, as_ids).encode())}
+                for i, lp in zip(t.ids[:k], t.logprobs[:k], strict=True)]
+        out.append({"token": s, "logprob": t.token_logprob, "bytes": list(s.encode()), "top_logprobs": tops})
+    return out
+
+
+# ---- the gate: capture, size limit, auth, latency, faults, logs ----------------------------------------------
+
+
+def _note(request: Request, **kv) -> None:
+    """Add fields to this request's log line."""
+    request.scope.setdefault("cogenesis_log", {}).update(kv)
+
+
+class _Gate:
+    """Pure ASGI middleware in front of every route (it sees the body bytes exactly as received)."""
+
+    def __init__(self, app, state: _State):
+        self.app, self.st = app, state
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        st, cfg = self.st, self.st.settings
+        t0 = time.perf_counter()
+        note = scope.setdefault("cogenesis_log", {})
+        status = {"code": 0}
+
+        async def send_wrapped(message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        path = scope.get("path", "")
+        try:
+            body, size, complete = await _read_body(scope, receive, cfg.max_body_bytes)
+            note["bytes_in"] = size
+            if cfg.capture:
+                self._capture(scope, body)
+            if not complete:
+                raise ApiError(413, f"request body of {size}+ bytes exceeds this server's limit of "
+                                    f"{cfg.max_body_bytes} bytes", kind="request_too_large")
+            if path not in _OPEN_PATHS and not self._authorized(scope):
+                await ApiError(401, "missing or invalid API key: send the header 'Authorization: Bearer <key>'",
+                               kind="authentication_error").response({"WWW-Authenticate": "Bearer"})(
+                    scope, receive, send_wrapped)
+                return
+            if cfg.simulate_rtt_ms > 0:
+                await asyncio.sleep(cfg.simulate_rtt_ms / 1000)
+            if path not in _OPEN_PATHS and cfg.fault and (st.faults_left is None or st.faults_left > 0):
+                if st.faults_left is not None:
+                    st.faults_left -= 1
+                note["fault"] = cfg.fault
+                st.metrics["faults"] += 1
+                await self._fault(scope, receive, send_wrapped)
+                return
+            delivered = False
+
+            async def replay():
+                nonlocal delivered
+                if not delivered:
+                    delivered = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()
+
+            await self.app(scope, replay, send_wrapped)
+        except ApiError as e:
+            note["error"] = e.message
+            await e.response()(scope, receive, send_wrapped)
+        finally:
+            line = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()), "method": scope.get("method"),
+                    "path": path, "status": status["code"], "ms": round((time.perf_counter() - t0) * 1000, 2)}
+            line.update(note)
+            st.recent.append(line)
+            st.metrics["requests"] += 1
+            st.metrics[f"status_{status['code']}"] += 1
+            log.info(json.dumps(line, ensure_ascii=False, default=str))
+
+    def _authorized(self, scope) -> bool:
+        key = self.st.settings.api_key
+        if not key:
+            return True
+        got = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+        scheme, _, token = got.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode())
+
+    async def _fault(self, scope, receive, send) -> None:
+        f = self.st.settings.fault
+        if f == "500":
+            resp: Response = ApiError(500, "simulated server fault (--fault 500)", kind="server_error").response()
+        elif f == "429":
+            resp = ApiError(429, "simulated rate limit (--fault 429)", kind="rate_limit_error").response(
+                {"Retry-After": "1"})
+        elif f == "garbage":
+            resp = Response(b'{"id": "cmpl-garbage", "choices": [ <html>oops', media_type="application/json")
+        else:  # stall: answer only after the client has given up
+            await asyncio.sleep(self.st.settings.stall_s)
+            resp = ApiError(503, "simulated stall (--fault stall)", kind="server_error").response()
+        await resp(scope, receive, send)
+
+    def _capture(self, scope, body: bytes) -> None:
+        headers = {}
+        for k, v in scope.get("headers") or []:
+            name = k.decode("latin-1").lower()
+            headers[name] = "<redacted>" if name == "authorization" else v.decode("latin-1")
+        rec = {"ts": time.time(), "method": scope.get("method"), "path": scope.get("path"),
+               "query": scope.get("query_string", b"").decode("latin-1"), "headers": headers,
+               "bytes": len(body), "body_b64": base64.b64encode(body).decode("ascii")}
+        with self.st.capture_lock, open(self.st.settings.capture, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+
+
+async def _read_body(scope, receive, limit: int) -> tuple[bytes, int, bool]:
+    """The request body (up to `limit` + what was drained); `complete` is False when it was over the limit."""
+    declared = dict(scope.get("headers") or []).get(b"content-length")
+    parts, size = [], 0
+    over = declared is not None and declared.isdigit() and int(declared) > limit
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            break
+        chunk = msg.get("body", b"")
+        size += len(chunk)
+        if size <= _DRAIN_LIMIT:
+            parts.append(chunk)
+        if size > limit:
+            over = True
+        if not msg.get("more_body", False) or size > _DRAIN_LIMIT:
+            break
+    return b"".join(parts), size, not over
+
+
+def read_capture(path: str | Path) -> list[dict]:
+    """Records of a capture file, each with `body` (the exact bytes received) decoded from base64."""
+    p = Path(path)
+    if not p.is_file():
+        return []
+    out = []
+    for line in p.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            rec["body"] = base64.b64decode(rec["body_b64"])
+            out.append(rec)
+    return out
+
+
+# ---- serving -------------------------------------------------------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_bind(host: str, allow_unauthenticated: bool) -> None:
+    if allow_unauthenticated and not is_loopback(host):
+        raise ValueError(f"--allow-unauthenticated is only allowed on a loopback address (127.0.0.1, ::1), not {host!r}; "
+                         f"set --api-key to serve on {host}")
+
+
+def serve(model: str | Path | EdgeModel, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          allow_unauthenticated: bool = False, simulate_rtt_ms: float = 0, fault: str | None = None,
+          log_level: str = "info", threads: int | None = None, **settings) -> None:
+    """Run the server in the foreground (blocks). One JSON line per request on stderr."""
+    import uvicorn
+
+    _check_bind(host, allow_unauthenticated)
+    app = create_app(model, api_key, allow_unauthenticated, simulate_rtt_ms, fault, threads=threads, **settings)
+    _setup_logging(log_level)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=2)
+
+
+def _setup_logging(level: str) -> None:
+    if not log.handlers:
+        h = logging.StreamHandler()
+        h.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(h)
+        log.propagate = False
+    log.setLevel(level.upper())
+
+
+@dataclass
+class RunningServer:
+    """A server running in a background thread (tests, benchmarks): `url`, `app`, `stop()`."""
+
+    url: str
+    app: FastAPI
+    server: object
+    thread: threading.Thread
+
+    @property
+    def state(self) -> _State:
+        return self.app.state.cogenesis
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    def __enter__(self) -> RunningServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> RunningServer:
+    """Start `app` on host:port (0 = a free port) in a daemon thread and wait until it accepts connections."""
+    import uvicorn
+
+    _check_bind(host, app.state.cogenesis.settings.allow_unauthenticated)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    real_port = sock.getsockname()[1]
+    config = uvicorn.Config(app, host=host, port=real_port, log_level="warning", access_log=False, lifespan="off",
+                            timeout_graceful_shutdown=1)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="cogenesis-cloud")
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the server on {host}:{real_port} did not start")
+        time.sleep(0.02)
+    shown = f"[{host}]" if ":" in host else host
+    return RunningServer(f"http://{shown}:{real_port}", app, server, thread)
+
+
+# ---- command line --------------------------------------------------------------------------------------------
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `cogenesis cloud serve` (also `python -m cogenesis.cloud_bridge.server`)."""
+    d = ServerSettings()
+    p.add_argument("--model", required=True, help="bundle directory to serve")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None, help=f"Bearer token clients must send (default: ${API_KEY_ENV})")
+    p.add_argument("--allow-unauthenticated", action="store_true", help="no API key (loopback addresses only)")
+    p.add_argument("--simulate-rtt-ms", type=float, default=0.0, help="add this much latency to every request")
+    p.add_argument("--fault", choices=FAULTS, default=None, help="inject a fault into every model request")
+    p.add_argument("--fault-count", type=int, default=None, help="inject the fault only into the first N requests")
+    p.add_argument("--stall-s", type=float, default=d.stall_s, help="how long --fault stall holds a request")
+    p.add_argument("--capture", default=None, metavar="FILE", help="append every received request (JSONL, base64 body)")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    p.add_argument("--max-sessions", type=int, default=d.max_sessions, help="prefix-cache sessions kept (LRU)")
+    p.add_argument("--max-parallel", type=int, default=d.max_parallel, help="model runs at the same time")
+    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
+    p.add_argument("--max-tokens", type=int, default=d.max_tokens, help="largest max_tokens a request may ask for")
+    p.add_argument("--max-logprobs", type=int, default=d.max_logprobs)
+    p.add_argument("--served-model-name", default=None)
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def serve_from_args(a: argparse.Namespace) -> None:
+    serve(a.model, host=a.host, port=a.port, api_key=a.api_key, allow_unauthenticated=a.allow_unauthenticated,
+          simulate_rtt_ms=a.simulate_rtt_ms, fault=a.fault, log_level=a.log_level, threads=a.threads,
+          fault_count=a.fault_count, stall_s=a.stall_s, capture=a.capture, max_sessions=a.max_sessions,
+          max_parallel=a.max_parallel, max_body_bytes=a.max_body_bytes, max_tokens=a.max_tokens,
+          max_logprobs=a.max_logprobs, served_model_name=a.served_model_name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m cogenesis.cloud_bridge.server", description=__doc__.split("\n")[0])
+    add_serve_arguments(p)
+    a = p.parse_args(argv)
+    try:
+        serve_from_args(a)
+    except ValueError as e:
+        p.error(str(e))
+    return 0
+
+
+def settings_dict(app: FastAPI) -> dict:
+    """The app's settings with the API key hidden (for diagnostics)."""
+    d = asdict(app.state.cogenesis.settings)
+    d["api_key"] = "<set>" if d["api_key"] else None
+    return d
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
