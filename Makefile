@@ -9,7 +9,7 @@ export COGENESIS_CACHE ?= $(CURDIR)/.cache
 BUNDLE := artifacts/bundles/smollm2-int4
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: setup demo test test-fast lint bench android-apk android-deps test-vllm clean
+.PHONY: setup demo test test-fast lint bench android-apk android-deps test-android test-vllm clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -48,6 +48,9 @@ android-deps:
 
 android-apk:
 	@bash android_demo/build_apk.sh
+
+test-android: $(STAMP) android-deps
+	$(BIN)/python -m pytest -q -rs tests/test_android_demo.py
 
 test-vllm: $(STAMP)
 	@test -n "$$COGENESIS_TEST_VLLM_URL" || (echo "set COGENESIS_TEST_VLLM_URL to a running vLLM server (see docs/vllm.md)"; exit 2)

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from cogenesis.runtime.sampling import log_softmax
 
 from cogenesis.fusion import DEFAULT_K, cloud_full, stack_views, step_features, step_view
-from cogenesis.runtime.sampling import log_softmax
 
 TARGET_KEYS = ("target", "lp_local", "lp_cloud", "lp_max", "lp_cloud_exact", "record", "group")
 

@@ -327,7 +327,7 @@ class CloudClient:
                     lp, rank = (v.get("logprob"), v.get("rank")) if isinstance(v, dict) else (v, None)
                     if rank is None or rank <= k or (include_tokens and int(tid) == ids[j]):
                         d[int(tid)] = float(lp)
-                out.append(d)
+                out.append(dict(sorted(d.items(), key=lambda kv: -kv[1])))
         lps = ch.get("logprobs") or {}
         tops = lps.get("top_logprobs") if isinstance(lps, dict) else None
         if not isinstance(tops, list) or not tops or not isinstance(tops[0], dict):

@@ -31,6 +31,7 @@ average; the next round uses the k (in [k_min, k_max]) that minimizes time per t
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -289,6 +290,21 @@ class _Local:
         return row
 
 
+def _prefill(decoder, loc: _Local, ids: list[int]) -> np.ndarray:
+    """Prompt minus its last token in one batch (reused when the cache already holds it), then the last token
+    alone: the logits are then the same bits whether or not the prompt was cached."""
+    if not ids:
+        raise ValueError("the local prompt is empty")
+    head = ids[:-1]
+    if head and decoder.length >= len(head) and decoder.tokens[: len(head)] == head:
+        decoder.truncate(len(head))
+    else:
+        decoder.reset()
+        if head:
+            loc.forward(head)
+    return loc.forward(ids[-1:])
+
+
 def choose_k(alpha: float, t_local: float, t_cloud: float, k_min: int, k_max: int) -> int:
     """Drafts per round minimizing expected time per token (see the module docstring)."""
     best, best_cost = k_min, math.inf
@@ -319,12 +335,18 @@ def cogenerate(
     adapt_k: bool = True,
     guard_scan: Callable[[list[int]], bool] | None = None,
     detokenize: Callable[[list[int]], str] | None = None,
+    on_token: Callable[[int], None] | None = None,
+    repetition_penalty: float = 1.0,
 ) -> CogenResult:
     """Generate with fusion on a Decoder-like object (``forward(ids, keep)``, ``truncate(n)``, ``reset()``,
     ``length``). ``guard_scan(ids) -> True`` when the generated ids about to be sent reveal private context:
-    the cloud is then no longer consulted. A cloud error also ends fusion; the reply finishes locally."""
+    the cloud is then no longer consulted. A cloud error also ends fusion; the reply finishes locally.
+    ``on_token`` is called with each token of the reply as it is decided (block mode: in bursts).
+    ``repetition_penalty`` applies to the local logits over the reply (as the runtime's generate does)."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if repetition_penalty <= 0:
+        raise ValueError(f"repetition_penalty must be > 0 (1 = off), got {repetition_penalty}")
     sched = Schedule.parse(schedule)
     cfg = sampling or SamplingConfig()
     sampler = Sampler(cfg)
@@ -333,8 +355,7 @@ def cogenerate(
     cloud_prompt = [int(t) for t in cloud_prompt_ids]
     t_start = time.perf_counter()
     loc = _Local(decoder)
-    decoder.reset()
-    logits = loc.forward([int(t) for t in local_prompt_ids])
+    logits = _prefill(decoder, loc, [int(t) for t in local_prompt_ids])
     res = CogenResult("", [], [], 0, "logits-block" if block else "logits", fuser.rule)
     gen = res.tokens
     alive = cloud is not None
@@ -373,6 +394,14 @@ def cogenerate(
         p = sampler.probs(lp)
         return int(sampler.rng.choice(p.shape[-1], p=p)), p
 
+    def local_lp(row: np.ndarray, seen: list[int]) -> np.ndarray:
+        if repetition_penalty != 1.0 and seen:
+            idx = np.unique(np.asarray(seen))
+            v = row[idx]
+            row = row.copy()
+            row[idx] = np.where(v > 0, v / repetition_penalty, v * repetition_penalty)
+        return log_softmax(row)
+
     def emit(tok: int, info: StepInfo) -> bool:
         """Append a chosen token; False when it is a stop token or the budget is spent."""
         if tok in stops:
@@ -380,6 +409,8 @@ def cogenerate(
             return False
         gen.append(tok)
         res.steps.append(info)
+        if on_token is not None:
+            on_token(tok)
         if len(gen) >= max_new_tokens:
             res.stop_reason = "max_tokens"
             return False
@@ -387,7 +418,7 @@ def cogenerate(
 
     while True:
         step = len(gen)
-        lp0 = log_softmax(logits)
+        lp0 = local_lp(logits, gen)
         if not (alive and sched.fuse(step)):
             tok, _ = pick(lp0)
             if not emit(tok, StepInfo(step, tok, False, 1.0)):
@@ -405,15 +436,15 @@ def cogenerate(
         # ---- block round: draft n tokens locally, one request, verify position by position
         base = decoder.length
         n = min(kk, max_new_tokens - step - 1, sched.run_length(step, max_new_tokens))
-        rows, drafts, qs = [logits], [], []
+        rows, lps, drafts, qs = [logits], [lp0], [], []
         for _ in range(n):
-            lpd = log_softmax(rows[-1])
-            d, q = pick(lpd)
+            d, q = pick(lps[-1])
             drafts.append(d)
             qs.append(q)
             if d in stops:
                 break
             rows.append(loc.forward([d]))
+            lps.append(local_lp(rows[-1], gen + drafts))
         send = drafts[: len(rows) - 1]
         top = ask(send)
         res.drafts_proposed += len(drafts)
@@ -430,11 +461,10 @@ def cogenerate(
                 logits = rows[-1]
             continue
         chosen, accepted, stop = None, 0, False
-        for i, row in enumerate(rows):
+        for i, llp in enumerate(lps):
             s = step + i
-            fuse_here = sched.fuse(s)
-            f = fuser(log_softmax(row), top[i], s) if fuse_here else None
-            flp = f.logprobs if f is not None else log_softmax(row)
+            f = fuser(llp, top[i], s) if sched.fuse(s) else None
+            flp = f.logprobs if f is not None else llp
             info = StepInfo(s, -1, f is not None and f.cloud_used, f.weight if f is not None else 1.0,
                             i < len(drafts), None)
             if i < len(drafts):
@@ -483,6 +513,31 @@ def cogenerate(
     return res
 
 
+_TRAILING_WORD = re.compile(r"(\w+)$")
+
+
+def ends_with_private_prefix(guard, text: str, min_chars: int = 3) -> bool:
+    """True when ``text`` ends in the first letters of a private identifier ("Zelph" of "Zelphine").
+
+    The guard matches whole words, but a multi-token name leaves one token at a time: without this check
+    the requests before the name is complete would carry its first pieces. Reads the guard's exact-identifier
+    table (names, places, contact details, identifier-like tokens); single-word entries that the guard only
+    matches capitalized are only held when the piece is not all lower case.
+    """
+    m = _TRAILING_WORD.search(text)
+    if m is None or len(m.group(1)) < min_chars:
+        return False
+    piece = m.group(1)
+    low = piece.casefold()
+    for key, entry in getattr(guard, "_exact", {}).items():
+        if getattr(entry, "cap_only", False) and piece.islower():
+            continue
+        for word in key.split(" "):
+            if len(word) > len(low) and word.startswith(low):
+                return True
+    return False
+
+
 def write_logits(
     instruction: str,
     context,
@@ -506,6 +561,8 @@ def write_logits(
     adapt_k: bool = True,
     local_messages: list[dict] | None = None,
     cloud_messages: list[dict] | None = None,
+    on_token: Callable[[int], None] | None = None,
+    repetition_penalty: float = 1.0,
 ) -> CogenResult:
     """Write a reply to ``instruction`` with logit fusion (``block=True``: block fusion).
 
@@ -523,11 +580,81 @@ def write_logits(
     scan = None
     if guard is not None and stop_on_flag:
         def scan(ids: list[int]) -> bool:
-            return bool(ids) and bool(guard.scan_text(model.decode(ids)))
+            if not ids:
+                return False
+            text = model.decode(ids)
+            return bool(guard.scan_text(text)) or ends_with_private_prefix(guard, text)
     return cogenerate(
         model.decoder, model.encode(local_msgs), cloud, model.encode(cloud_msgs), fuser, block=block,
         schedule=schedule, max_new_tokens=max_new_tokens,
         sampling=SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed),
         stop_ids=model.stop_ids, k=k, draft_k=draft_k, draft_k_max=draft_k_max, adapt_k=adapt_k,
-        guard_scan=scan, detokenize=model.decode,
+        guard_scan=scan, detokenize=model.decode, on_token=on_token, repetition_penalty=repetition_penalty,
     )
+
+
+# ---------------------------------------------------------------- modes of cogenesis.write
+
+
+OPTION_KEYS = ("rule", "schedule", "k", "weight", "stop_on_flag", "draft_k", "draft_k_max", "adapt_k")
+
+
+def _write_mode(block: bool):
+    """The ``logits`` / ``logits-block`` mode of :func:`cogenesis.write.write`.
+
+    The cloud gets the sanitized instruction (``job.cloud_instruction()``) as context-free token ids through
+    the session's guarded client; a cloud failure mid-reply finishes it locally (``result.fallback`` says at
+    which token). ``mode_options``: rule, schedule, k, weight, stop_on_flag, draft_k, draft_k_max, adapt_k.
+    """
+
+    def mode(job) -> str:
+        from cogenesis.data.prompts import with_context, without_context
+        from cogenesis.runtime.generate import StreamDecoder
+
+        client = job.cloud_client()
+        opts = {key: v for key, v in job.options.items() if key in OPTION_KEYS}
+        unknown = set(job.options) - set(OPTION_KEYS)
+        if unknown:
+            raise ValueError(f"unknown logits-mode options {sorted(unknown)}; known: {', '.join(OPTION_KEYS)}")
+        sd = StreamDecoder(job.model.tokenizer)
+
+        def on_token(t: int) -> None:
+            job.emit(sd.push(t))
+
+        before = client.requests_sent
+        t0 = time.perf_counter()
+        res = write_logits(
+            job.instruction, job.context, job.model, client, block=block,
+            local_messages=with_context(job.instruction, job.context),
+            cloud_messages=without_context(job.cloud_instruction()),
+            guard=client.guard, on_token=on_token, **opts, **job.gen,
+        )
+        job.emit(sd.flush())
+        r = job.result
+        r.cloud_requests += client.requests_sent - before
+        r.timings["cloud_s"] = r.timings.get("cloud_s", 0.0) + res.cloud_s
+        r.timings["local_s"] = r.timings.get("local_s", 0.0) + (time.perf_counter() - t0 - res.cloud_s)
+        r.extra["fusion"] = {
+            "rule": res.rule, "round_trips": res.round_trips, "tokens": len(res.tokens),
+            "round_trips_per_token": res.round_trips_per_token, "fused_steps": res.fused_steps,
+            "drafts_proposed": res.drafts_proposed, "drafts_accepted": res.drafts_accepted,
+            "weights": [st.weight for st in res.steps], "fallback": res.fallback, "stop_reason": res.stop_reason,
+        }
+        if res.fallback is not None:
+            fb = res.fallback
+            r.fallback = (f"{fb['reason']} at token {fb['step']}: {fb['error']}; the rest was written locally")
+            if res.round_trips == 0:
+                r.mode_used = "local"
+        return res.text
+
+    return mode
+
+
+def _register() -> None:
+    from cogenesis.write import register_mode
+
+    register_mode("logits", _write_mode(False))
+    register_mode("logits-block", _write_mode(True))
+
+
+_register()

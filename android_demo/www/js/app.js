@@ -18,7 +18,7 @@ const CONTEXT_KEY = 'cogenesis.context.v1';
 
 const DEFAULTS = {
   bundleUrl: '/bundle/', keepCopy: false, threads: 0,
-  cloudUrl: '', cloudToken: '', cloudModel: 'cogenesis-cloud', privacyMode: 'strict',
+  cloudUrl: '', cloudToken: '', cloudModel: '', privacyMode: 'strict',
   mode: 'local', maxTokens: 160, sampling: 'greedy', seed: 0, temperature: 0.7, topP: 0.9, topK: 50,
   alpha: 0.5, fusionTopK: 10,
 };

@@ -87,13 +87,39 @@ function apiUrl(base, path) {
   return b.endsWith('/v1') ? `${b}${path.replace(/^\/v1/, '')}` : `${b}${path}`;
 }
 
+const modelCache = new Map();
+
+/**
+ * The model name to put in requests: the Cloud model setting, or (empty = auto) the first id of the server's
+ * GET /v1/models, asked once per cloud URL (the GET is listed in Egress; it carries no body).
+ */
+export async function cloudModel(settings, log, signal) {
+  if (settings.cloudModel) return settings.cloudModel;
+  const url = apiUrl(settings.cloudUrl, '/v1/models');
+  if (modelCache.has(url)) return modelCache.get(url);
+  const headers = settings.cloudToken ? { Authorization: `Bearer ${settings.cloudToken}` } : {};
+  logGet(log, url, 'which model the cloud serves (no body)');
+  let data;
+  try {
+    const r = await fetch(url, { headers, mode: 'cors', cache: 'no-store', signal });
+    if (!r.ok) throw new Error(`HTTP ${r.status}`);
+    data = await r.json();
+  } catch (e) {
+    throw new Error(`could not list the cloud's models at ${url} (${e.message || e}); set Settings → Cloud model`);
+  }
+  const id = data?.data?.[0]?.id;
+  if (typeof id !== 'string') throw new Error(`${url} lists no model; set Settings → Cloud model`);
+  modelCache.set(url, id);
+  return id;
+}
+
 export const OUTLINE_SYSTEM = 'You are a planning assistant. Given a writing task, reply with a short outline only: '
   + '3 to 6 bullet points, each one line, no full sentences of the final text, no greetings.';
 
 /** Sketch mode, step 1: ask the cloud for an outline of the instruction. Only the instruction is sent. */
 export async function requestSketch(settings, instruction, ctx, log, signal) {
   const body = {
-    model: settings.cloudModel || 'cogenesis-cloud',
+    model: await cloudModel(settings, log, signal),
     messages: [
       { role: 'system', content: OUTLINE_SYSTEM },
       { role: 'user', content: `Task: ${instruction}\n\nWrite the outline.` },
@@ -120,7 +146,7 @@ export async function requestSketch(settings, instruction, ctx, log, signal) {
 export async function requestNextTokenLogprobs(settings, promptIds, detokenize, ctx, log, tokenToId, signal) {
   const k = Math.max(1, Math.min(20, settings.fusionTopK || 10));
   const body = {
-    model: settings.cloudModel || 'cogenesis-cloud',
+    model: await cloudModel(settings, log, signal),
     prompt: promptIds,
     max_tokens: 1,
     temperature: 0,

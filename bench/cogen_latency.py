@@ -1,0 +1,195 @@
+"""Co-generation latency: local-only vs per-step logit fusion vs block fusion, at simulated network RTTs.
+
+    python bench/cogen_latency.py [--tokens 256] [--rtt 0 50 150] [--rule learned] [--local-cloud] [--quick]
+
+The cloud is the reference server (`cogenesis.cloud_bridge.server`, same bundle, without the private context)
+in a background thread with ``simulate_rtt_ms``, reached over HTTP with `CloudClient`; ``--local-cloud`` uses
+the in-process `LocalCloud` + sleep instead. Greedy decoding, fixed length (stop tokens ignored) so every run
+writes exactly ``--tokens`` tokens. Writes bench/results/cogen_latency.json and .md.
+
+The cloud runs on the same 2 CPU cores as the edge here, so its compute time is part of the wall time; the
+"instant cloud" column removes it (wall - cloud compute, keeping the RTT and HTTP overhead), which is what a
+deployment with a fast remote server would see.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+sys.path.insert(0, str(ROOT))
+
+
+def _prompt(model):
+    from cogenesis.data.prompts import with_context, without_context
+    from cogenesis.data.records import load_sample
+
+    r = load_sample()[0]
+    return r.instruction, model.encode(with_context(r)), model.encode(without_context(r))
+
+
+class _SleepCloud:
+    """LocalCloud + a sleep per request (no HTTP)."""
+
+    def __init__(self, model, rtt_ms: float):
+        from cogenesis.cogen_logits import LocalCloud
+
+        self.inner = LocalCloud(model, rtt_s=rtt_ms / 1000, exact=False)
+
+    def next_token_logprobs(self, prefix_ids, draft_ids=(), k=20):
+        return self.inner.next_token_logprobs(prefix_ids, draft_ids, k)
+
+    @property
+    def compute_s(self) -> float:
+        return self.inner.compute_s
+
+
+def run_one(model, fuser, lp, cp, cloud, block: bool, tokens: int, rtt_ms: float, server=None) -> dict:
+    from cogenesis.cogen_logits import cogenerate
+
+    model.decoder.reset()  # every run pays the prefill
+    srv_before = _server_compute(server)
+    t0 = time.perf_counter()
+    r = cogenerate(model.decoder, lp, cloud, cp, fuser, block=block, max_new_tokens=tokens, stop_ids=(),
+                   draft_k=4, draft_k_max=16)
+    wall = time.perf_counter() - t0
+    if server is not None:
+        cloud_compute = _server_compute(server) - srv_before
+    else:
+        cloud_compute = cloud.compute_s if cloud is not None else 0.0
+    # what the edge would see with an instantly computing cloud: the RTT and HTTP overhead stay
+    instant = wall - cloud_compute
+    return {
+        "tokens": len(r.tokens), "wall_s": round(wall, 3), "tok_s": round(len(r.tokens) / wall, 2),
+        "round_trips": r.round_trips, "round_trips_per_token": round(r.round_trips_per_token, 4),
+        "cloud_s": round(r.cloud_s, 3), "cloud_compute_s": round(cloud_compute, 3),
+        "local_forward_s": round(r.local_s, 3), "wall_instant_cloud_s": round(instant, 3),
+        "drafts_proposed": r.drafts_proposed, "drafts_accepted": r.drafts_accepted,
+        "acceptance": round(r.drafts_accepted / r.drafts_proposed, 3) if r.drafts_proposed else None,
+        "mean_draft_k": round(sum(r.draft_k_history) / len(r.draft_k_history), 2) if r.draft_k_history else None,
+        "fallback": r.fallback, "rtt_ms": rtt_ms,
+    }
+
+
+def _server_compute(server) -> float:
+    return getattr(server, "_compute_s", 0.0) if server is not None else 0.0
+
+
+def _instrument(srv) -> None:
+    """Time the server engine's forward passes (its compute, without RTT and HTTP)."""
+    eng = srv.state.engine
+    orig = eng._forward
+    srv._compute_s = 0.0
+
+    def timed(dec, ids, keep):
+        t = time.perf_counter()
+        try:
+            return orig(dec, ids, keep)
+        finally:
+            srv._compute_s += time.perf_counter() - t
+
+    eng._forward = timed
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--bundle", default=str(ROOT / "artifacts" / "bundles" / "smollm2-int4"))
+    p.add_argument("--tokens", type=int, default=256)
+    p.add_argument("--rtt", type=float, nargs="+", default=[0, 50, 150])
+    p.add_argument("--rule", default="learned")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--local-cloud", action="store_true", help="in-process LocalCloud + sleep instead of HTTP")
+    p.add_argument("--quick", action="store_true", help="64 tokens, RTT 50 only")
+    p.add_argument("--out", default=str(RESULTS / "cogen_latency"))
+    a = p.parse_args(argv)
+    if a.quick:
+        a.tokens, a.rtt = 64, [50]
+
+    import cogenesis.runtime as rt
+    from cogenesis.fusion import Fuser
+
+    model = rt.load(a.bundle, threads=a.threads)
+    try:
+        fuser = Fuser(a.rule)
+    except FileNotFoundError:
+        print("no shipped fusion net; using the mean rule")
+        fuser = Fuser("mean")
+    _, lp, cp = _prompt(model)
+    print(f"prompt: local {len(lp)} tokens (with context), cloud {len(cp)} tokens (without); reply {a.tokens} tokens")
+    rows = []
+    base = run_one(model, fuser, lp, cp, None, False, a.tokens, 0)
+    base.update(mode="local-only")
+    rows.append(base)
+    print(f"  local-only: {base['wall_s']:.1f}s ({base['tok_s']} tok/s)")
+    for rtt in a.rtt:
+        server = None
+        if a.local_cloud:
+            mk = lambda rtt=rtt: _SleepCloud(model, rtt)  # noqa: E731
+        else:
+            from cogenesis.cloud_bridge.client import CloudClient
+            from cogenesis.cloud_bridge.server import create_app, serve_in_thread
+
+            server = serve_in_thread(create_app(model, allow_unauthenticated=True, simulate_rtt_ms=rtt))
+            _instrument(server)
+            mk = lambda server=server: CloudClient(server.url, detokenize=model.decode)  # noqa: E731
+        try:
+            for mode, block in (("per-step fusion", False), ("block fusion", True)):
+                row = run_one(model, fuser, lp, cp, mk(), block, a.tokens, rtt, server)
+                row.update(mode=mode)
+                row["x_local_wall"] = round(row["wall_s"] / base["wall_s"], 3)
+                row["x_local_instant_cloud"] = round(row["wall_instant_cloud_s"] / base["wall_s"], 3)
+                rows.append(row)
+                print(f"  {mode:16s} rtt {rtt:>4.0f} ms: {row['wall_s']:.1f}s ({row['x_local_wall']}x local), "
+                      f"instant cloud {row['wall_instant_cloud_s']:.1f}s ({row['x_local_instant_cloud']}x), "
+                      f"{row['round_trips']} round trips ({row['round_trips_per_token']}/token), "
+                      f"acceptance {row['acceptance']}")
+        finally:
+            if server is not None:
+                server.stop()
+    out = {
+        "bench": "cogen_latency", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "threads": a.threads},
+        "model": model.manifest["model"].get("name"), "rule": fuser.rule, "tokens": a.tokens,
+        "cloud": "LocalCloud + sleep" if a.local_cloud else "reference server over HTTP (same bundle, no context)",
+        "prompt_tokens": {"local": len(lp), "cloud": len(cp)},
+        "goals": {"round_trips_per_token": 0.15, "block_at_50ms_vs_local": 1.3},
+        "rows": rows,
+    }
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out + ".json").write_text(json.dumps(out, indent=1) + "\n")
+    Path(a.out + ".md").write_text(to_markdown(out))
+    print(f"wrote {a.out}.json and .md")
+    return 0
+
+
+def to_markdown(out: dict) -> str:
+    lines = [
+        f"# Co-generation latency ({out['model']}, {out['tokens']}-token reply, rule {out['rule']})",
+        "",
+        f"Cloud: {out['cloud']}. Prompt: {out['prompt_tokens']['local']} tokens on the edge (with context), "
+        f"{out['prompt_tokens']['cloud']} for the cloud. Greedy, fixed length. Machine: {out['machine']['platform']}, "
+        f"{out['machine']['threads']} threads. The cloud computes on the same CPU here; *instant cloud* = wall minus "
+        "the cloud's compute (RTT and HTTP overhead kept).",
+        "",
+        "| mode | RTT ms | wall s | x local | instant cloud s | x local | round trips | per token | draft acceptance |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in out["rows"]:
+        lines.append(
+            f"| {r['mode']} | {r['rtt_ms']:.0f} | {r['wall_s']:.1f} | {r.get('x_local_wall', 1.0)} | "
+            f"{r['wall_instant_cloud_s']:.1f} | {r.get('x_local_instant_cloud', 1.0)} | {r['round_trips']} | "
+            f"{r['round_trips_per_token']} | {r['acceptance'] if r['acceptance'] is not None else '-'} |")
+    g = out["goals"]
+    lines += ["", f"Goals: <= {g['round_trips_per_token']} round trips per token; block fusion at 50 ms RTT <= "
+              f"{g['block_at_50ms_vs_local']}x local-only wall time.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,534 @@
+"""HF Llama-family folder -> ExecuTorch `.pte` (XNNPACK delegate) bundle, and a Python runner for parity/bench.
+
+`cogenesis export --format executorch [--quant fp32|8da4w]`. The `.pte` is the Android/iOS native artifact; on a
+Raspberry Pi the ONNX bundle stays the light path (ExecuTorch's Python runtime needs libtorch).
+
+Why a small model of our own instead of exporting transformers' module: the speed of an ExecuTorch LLM is its
+custom ops, ``llama::update_cache`` (writes the new K/V rows into a static in-graph cache, in place) and
+``llama::custom_sdpa`` (causal attention over the cache up to ``start_pos``, grouped-query heads natively). They
+need the cache in [batch, seq, heads, dim] layout, which transformers' StaticCache does not use; the 60 lines
+below mirror ``LlamaForCausalLM`` exactly (RMSNorm in fp32, rotate-half RoPE, GQA, SiLU MLP, tied lm_head) and the
+parity test holds them to transformers eager (fp32: greedy tokens identical).
+
+Graph: ``forward(tokens int64[1, S], input_pos int64[1]) -> logits float32[1, vocab]`` (last position only), S
+dynamic from 1 to ``max_seq_len - 1`` (prefill and decode are the same method), KV cache static and internal.
+
+Quantization (torchao source transform, ExecuTorch's own ``quantize_model_``):
+* ``fp32``: no quantization (tied embedding is stored twice: by the embedding gather and the XNNPACK lm_head);
+* ``8da4w``: linears (lm_head included) 4-bit weights in groups of 32 with 8-bit dynamic per-token activations,
+  embedding 8-bit per row (``8w``), lowered to XNNPACK's qd8-qb4w kernels and ``quantized_decomposed::embedding_byte``.
+
+Export is run in a subprocess (torch.export + lowering peaks at several GB and takes minutes on 2 cores) and
+cached under ``$COGENESIS_CACHE/executorch`` per source model, options and version of this file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+QUANTS = ("fp32", "8da4w")
+DEFAULT_GROUP_SIZE = 32
+DEFAULT_MAX_SEQ_LEN = 2048
+SUPPORTED = ("llama",)
+RUNTIME_IMPORTS = ("executorch.extension.llm.custom_ops.custom_ops", "executorch.kernels.quantized")
+
+
+def _require_executorch() -> None:
+    try:
+        import executorch  # noqa: F401
+    except ImportError as e:  # pragma: no cover - exercised only without the extra
+        raise RuntimeError(
+            "ExecuTorch is not installed. Install it into this environment (it resolves against torch==2.13.0 "
+            "without pulling CUDA): pip install executorch==1.4.1 torchao==0.18.0"
+        ) from e
+
+
+# -- the model ------------------------------------------------------------------------------------------------
+def _build_module(hf_dir: Path, max_seq_len: int):
+    """An nn.Module equal to transformers' LlamaForCausalLM, with a static [1, S, kv_heads, dim] KV cache."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (registers torch.ops.llama.*)
+
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    if cfg.get("model_type") not in SUPPORTED:
+        raise ValueError(f"ExecuTorch export supports {SUPPORTED} models, got model_type {cfg.get('model_type')!r}")
+    rope = cfg.get("rope_parameters") or {}
+    if (rope.get("rope_type") or (cfg.get("rope_scaling") or {}).get("rope_type") or "default") != "default":
+        raise ValueError(f"ExecuTorch export: rope scaling {rope} is not supported (only the default RoPE)")
+    dim, n_h = cfg["hidden_size"], cfg["num_attention_heads"]
+    n_kv = cfg.get("num_key_value_heads", n_h)
+    hd = cfg.get("head_dim") or dim // n_h
+    eps = float(cfg.get("rms_norm_eps", 1e-6))
+    theta = float(rope.get("rope_theta") or cfg.get("rope_theta") or 10000.0)
+    bias = bool(cfg.get("attention_bias", False))
+    mlp_bias = bool(cfg.get("mlp_bias", False))
+
+    class RMSNorm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(dim))
+
+        def forward(self, x):
+            var = x.pow(2).mean(-1, keepdim=True)
+            return self.weight * (x * torch.rsqrt(var + eps))
+
+    def rotate_half(x):
+        x1, x2 = x[..., : hd // 2], x[..., hd // 2 :]
+        return torch.cat((-x2, x1), dim=-1)
+
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q_proj = nn.Linear(dim, n_h * hd, bias=bias)
+            self.k_proj = nn.Linear(dim, n_kv * hd, bias=bias)
+            self.v_proj = nn.Linear(dim, n_kv * hd, bias=bias)
+            self.o_proj = nn.Linear(n_h * hd, dim, bias=bias)
+            self.register_buffer("k_cache", torch.zeros(1, max_seq_len, n_kv, hd), persistent=False)
+            self.register_buffer("v_cache", torch.zeros(1, max_seq_len, n_kv, hd), persistent=False)
+
+        def forward(self, x, cos, sin, start):
+            s = x.shape[1]
+            q = self.q_proj(x).view(1, s, n_h, hd)
+            k = self.k_proj(x).view(1, s, n_kv, hd)
+            v = self.v_proj(x).view(1, s, n_kv, hd)
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+            torch.ops.llama.update_cache(k, self.k_cache, start)
+            torch.ops.llama.update_cache(v, self.v_cache, start)
+            out = torch.ops.llama.custom_sdpa(q, self.k_cache, self.v_cache, start, None, 0, True)
+            return self.o_proj(out.reshape(1, s, n_h * hd))
+
+    class MLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            inter = cfg["intermediate_size"]
+            self.gate_proj = nn.Linear(dim, inter, bias=mlp_bias)
+            self.up_proj = nn.Linear(dim, inter, bias=mlp_bias)
+            self.down_proj = nn.Linear(inter, dim, bias=mlp_bias)
+
+        def forward(self, x):
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+    class Layer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.self_attn = Attention()
+            self.mlp = MLP()
+            self.input_layernorm = RMSNorm()
+            self.post_attention_layernorm = RMSNorm()
+
+        def forward(self, h, cos, sin, start):
+            h = h + self.self_attn(self.input_layernorm(h), cos, sin, start)
+            return h + self.mlp(self.post_attention_layernorm(h))
+
+    class Inner(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed_tokens = nn.Embedding(cfg["vocab_size"], dim)
+            self.layers = nn.ModuleList(Layer() for _ in range(cfg["num_hidden_layers"]))
+            self.norm = RMSNorm()
+
+    class EtLlama(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = Inner()
+            self.lm_head = nn.Linear(dim, cfg["vocab_size"], bias=False)
+            inv = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.int64).float() / hd))
+            f = torch.outer(torch.arange(max_seq_len, dtype=torch.int64).float(), inv)
+            emb = torch.cat((f, f), dim=-1)
+            self.register_buffer("rope_cos", emb.cos(), persistent=False)
+            self.register_buffer("rope_sin", emb.sin(), persistent=False)
+
+        def forward(self, tokens, input_pos):
+            s = tokens.shape[1]
+            start = input_pos[0].item()
+            torch._check(start >= 0)
+            torch._check(start < max_seq_len)
+            torch._check(start + s <= max_seq_len)
+            cos = self.rope_cos.narrow(0, start, s).view(1, s, 1, hd)
+            sin = self.rope_sin.narrow(0, start, s).view(1, s, 1, hd)
+            h = self.model.embed_tokens(tokens)
+            for layer in self.model.layers:
+                h = layer(h, cos, sin, start)
+            h = self.model.norm(h[:, -1, :])
+            return self.lm_head(h)
+
+    from safetensors.torch import load_file
+
+    sd = {}
+    for f in sorted(hf_dir.glob("*.safetensors")):
+        sd.update(load_file(str(f)))
+    if "lm_head.weight" not in sd:
+        if not cfg.get("tie_word_embeddings", False):
+            raise ValueError(f"{hf_dir}: no lm_head.weight and tie_word_embeddings is false")
+        sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
+    m = EtLlama()
+    missing, unexpected = m.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
+    unexpected = [k for k in unexpected if "rotary_emb" not in k]
+    if missing or unexpected:
+        raise ValueError(f"{hf_dir}: weights do not match a Llama model (missing {missing[:4]}, unexpected {unexpected[:4]})")
+    m.eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m, cfg
+
+
+def _export_in_process(hf_dir: Path, out: Path, quant: str, group_size: int, max_seq_len: int) -> dict:
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
+        XnnpackDynamicallyQuantizedPartitioner,
+        XnnpackPartitioner,
+    )
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir.passes import MemoryPlanningPass
+    from torch.export import Dim
+
+    import executorch.kernels.quantized  # noqa: F401  (out variants of the quantized ops, for to_executorch)
+
+    t0 = time.time()
+    torch.manual_seed(0)
+    model, cfg = _build_module(hf_dir, max_seq_len)
+    if quant == "8da4w":
+        from executorch.extension.llm.export.quantize import quantize_model_
+
+        quantize_model_(model, qlinear_config="8da4w", qlinear_group_size=group_size, qembedding_config="8w",
+                        qembedding_group_size=0)
+    elif quant != "fp32":
+        raise ValueError(f"ExecuTorch quant must be one of {QUANTS}, got {quant!r}")
+    example = (torch.tensor([[1, 2, 3]], dtype=torch.long), torch.tensor([0], dtype=torch.long))
+    seq = Dim("seq", min=1, max=max_seq_len - 1)
+    with torch.no_grad():
+        ep = torch.export.export(model, example, dynamic_shapes=({1: seq}, {0: 1}), strict=True)
+    t_export = time.time() - t0
+    parts = [XnnpackDynamicallyQuantizedPartitioner(), XnnpackPartitioner()] if quant != "fp32" else [XnnpackPartitioner()]
+    edge = to_edge_transform_and_lower(ep, partitioner=parts,
+                                       compile_config=EdgeCompileConfig(_check_ir_validity=False, _skip_dim_order=True))
+    et = edge.to_executorch(ExecutorchBackendConfig(extract_delegate_segments=True,
+                                                    memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
+                                                    do_quant_fusion_and_const_prop=True))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "wb") as f:
+        et.write_to_file(f)
+    tmp.replace(out)
+    gm = edge.exported_program().graph_module
+    delegated = sum(1 for n in gm.graph.nodes if n.op == "call_function" and "executorch_call_delegate" in str(n.target))
+    ops = sorted({str(n.target).split(".")[-2] if "." in str(n.target) else str(n.target)
+                  for n in gm.graph.nodes if n.op == "call_function" and "delegate" not in str(n.target)})
+    return {
+        "file": out.name,
+        "bytes": out.stat().st_size,
+        "backend": "xnnpack",
+        "quant": quant,
+        "scheme": ("fp32" if quant == "fp32" else
+                   f"8da4w: int4 weights (group {group_size}, symmetric, hqq scales) x int8 dynamic per-token "
+                   "activations for every linear incl. lm_head; embedding int8 per row"),
+        "group_size": group_size if quant != "fp32" else None,
+        "max_seq_len": max_seq_len,
+        "kv_cache": "static in-graph [1, max_seq_len, kv_heads, head_dim] (llama::update_cache, llama::custom_sdpa)",
+        "inputs": [{"name": "tokens", "dtype": "int64", "shape": [1, "seq"]},
+                   {"name": "input_pos", "dtype": "int64", "shape": [1]}],
+        "outputs": [{"name": "logits", "dtype": "float32", "shape": [1, cfg["vocab_size"]]}],
+        "dynamic_seq": [1, max_seq_len - 1],
+        "delegate_calls": delegated,
+        "non_delegated_ops": ops,
+        "runtime_imports": list(RUNTIME_IMPORTS),
+        "export_seconds": round(time.time() - t0, 1),
+        "torch_export_seconds": round(t_export, 1),
+    }
+
+
+def export_pte(hf_dir: str | Path, out: str | Path, quant: str = "8da4w", group_size: int = DEFAULT_GROUP_SIZE,
+               max_seq_len: int = DEFAULT_MAX_SEQ_LEN, subprocess_: bool = True) -> dict:
+    """Write `out` (.pte); returns facts for the manifest. Runs in a subprocess by default (memory, isolation)."""
+    _require_executorch()
+    if quant not in QUANTS:
+        raise ValueError(f"ExecuTorch quant must be one of {QUANTS}, got {quant!r}")
+    hf_dir, out = Path(hf_dir), Path(out)
+    if not subprocess_:
+        return _export_in_process(hf_dir, out, quant, group_size, max_seq_len)
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        info_path = Path(f.name)
+    try:
+        cmd = [sys.executable, "-m", "cogenesis.export.executorch_export", "--hf-dir", str(hf_dir), "--out", str(out),
+               "--quant", quant, "--group-size", str(group_size), "--max-seq-len", str(max_seq_len),
+               "--info", str(info_path)]
+        r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        if r.returncode != 0 or not out.is_file():
+            raise RuntimeError(f"ExecuTorch export failed ({quant}) for {hf_dir}:\n{(r.stderr or r.stdout)[-3000:]}")
+        return json.loads(info_path.read_text())
+    finally:
+        info_path.unlink(missing_ok=True)
+
+
+def _source_key(hf_dir: Path) -> str:
+    h = hashlib.sha256(str(hf_dir.resolve()).encode() + (hf_dir / "config.json").read_bytes())
+    for f in sorted(hf_dir.glob("*.safetensors")):
+        h.update(f"{f.name}:{f.stat().st_size}:{int(f.stat().st_mtime)}".encode())
+    return h.hexdigest()[:12]
+
+
+def code_key() -> str:
+    import importlib.metadata as md
+
+    h = hashlib.sha256(Path(__file__).read_bytes())
+    for p in ("executorch", "torch", "torchao"):
+        try:
+            h.update(f"{p}={md.version(p)}".encode())
+        except md.PackageNotFoundError:
+            pass
+    return h.hexdigest()[:12]
+
+
+def cached_pte(hf_dir: str | Path, quant: str = "8da4w", group_size: int = DEFAULT_GROUP_SIZE,
+               max_seq_len: int = DEFAULT_MAX_SEQ_LEN) -> tuple[Path, dict]:
+    """(pte path, export facts), exported once per source model, options and code version."""
+    from .default_model import cache_dir
+
+    hf_dir = Path(hf_dir)
+    d = cache_dir() / "executorch" / f"{_source_key(hf_dir)}-{quant}-g{group_size}-s{max_seq_len}-{code_key()}"
+    pte, info = d / "model.pte", d / "export.json"
+    if not (pte.is_file() and info.is_file()):
+        facts = export_pte(hf_dir, pte, quant, group_size, max_seq_len)
+        info.write_text(json.dumps(facts, indent=2))
+    return pte, json.loads(info.read_text())
+
+
+# -- running a .pte from Python -------------------------------------------------------------------------------
+def set_threads(n: int | None) -> None:
+    """XNNPACK's thread pool size (process-wide)."""
+    if n:
+        from executorch.extension.pybindings import portable_lib
+
+        portable_lib._unsafe_reset_threadpool(int(n))
+
+
+class PteDecoder:
+    """Same interface as cogenesis.runtime.model.Decoder (forward / reset / truncate) over a .pte."""
+
+    def __init__(self, pte: str | Path, threads: int | None = None, max_seq_len: int | None = None):
+        _require_executorch()
+        import importlib
+
+        import torch  # noqa: F401  (the pybindings need libtorch loaded)
+
+        for mod in RUNTIME_IMPORTS:
+            importlib.import_module(mod)
+        from executorch.runtime import Runtime
+
+        set_threads(threads)
+        self.path = Path(pte)
+        self.method = Runtime.get().load_program(self.path).load_method("forward")
+        self.max_seq_len = max_seq_len
+        self.tokens: list[int] = []
+
+    @property
+    def length(self) -> int:
+        return len(self.tokens)
+
+    def reset(self) -> None:
+        self.tokens = []  # the cache rows past `length` are never read (causal attention up to start_pos)
+
+    def truncate(self, length: int) -> None:
+        self.tokens = self.tokens[: max(0, length)]
+
+    def forward(self, ids, keep: int = 1) -> np.ndarray:
+        """Run `ids` after the cached tokens; returns logits [1, vocab] of the last one (keep is ignored)."""
+        import torch
+
+        ids = [int(t) for t in (ids.reshape(-1) if isinstance(ids, np.ndarray) else ids)]
+        if not ids:
+            raise ValueError("forward() needs at least one token")
+        if self.max_seq_len and self.length + len(ids) > self.max_seq_len:
+            raise ValueError(f"context full: {self.length} + {len(ids)} tokens > max_seq_len {self.max_seq_len} "
+                             "of this .pte (re-export with a larger --max-seq-len)")
+        out = self.method.execute((torch.tensor([ids], dtype=torch.long),
+                                   torch.tensor([self.length], dtype=torch.long)))
+        self.tokens.extend(ids)
+        return out[0].numpy().reshape(1, -1)
+
+
+def pte_parity(decoder: PteDecoder, runs: list[dict]) -> dict:
+    """Like export.report.bundle_parity, for a .pte: greedy tokens and teacher-forced top-1 / KL vs eager.
+
+    Teacher forcing feeds eager's continuation one token at a time (the graph returns the last position's
+    logits only), so it also exercises the decode path at every position."""
+    from cogenesis.runtime.sampling import log_softmax
+
+    per = []
+    for r in runs:
+        n = len(r["ref_ids"])
+        decoder.reset()
+        logits = decoder.forward(r["prompt_ids"])[-1]
+        got = []
+        for _ in range(n):
+            t = int(np.argmax(logits))
+            got.append(t)
+            logits = decoder.forward([t])[-1]
+        decoder.reset()
+        tf = [decoder.forward(r["prompt_ids"])[-1]]
+        for t in r["ref_ids"][:-1]:
+            tf.append(decoder.forward([t])[-1])
+        tf = np.stack(tf)
+        lp, lq = log_softmax(r["ref_logits"]), log_softmax(tf)
+        prefix = next((i for i, (a, b) in enumerate(zip(got, r["ref_ids"], strict=True)) if a != b), n)
+        per.append({
+            "greedy_identical": got == r["ref_ids"],
+            "greedy_matching_prefix": prefix,
+            "teacher_forced_top1": float((tf.argmax(-1) == r["ref_logits"].argmax(-1)).mean()),
+            "mean_kl": float((np.exp(lp) * (lp - lq)).sum(-1).mean()),
+            "max_abs_logit_diff": float(np.abs(tf - r["ref_logits"]).max()),
+        })
+    return {
+        "reference": "transformers eager fp32 on the source weights",
+        "prompts": len(runs),
+        "new_tokens": len(runs[0]["ref_ids"]) if runs else 0,
+        "greedy_identical_prompts": sum(p["greedy_identical"] for p in per),
+        "teacher_forced_top1": float(np.mean([p["teacher_forced_top1"] for p in per])),
+        "mean_kl": float(np.mean([p["mean_kl"] for p in per])),
+        "max_abs_logit_diff": float(max(p["max_abs_logit_diff"] for p in per)),
+        "per_prompt": per,
+    }
+
+
+# -- bundle ---------------------------------------------------------------------------------------------------
+def verify_pte_bundle(bundle: str | Path, check_hashes: bool = True) -> dict:
+    """Verify an ExecuTorch bundle's files against its manifest; returns the manifest."""
+    from cogenesis.bundle import FORMAT, MANIFEST, BundleError, verify_bundle
+
+    root = Path(bundle)
+    mpath = root / MANIFEST
+    if not mpath.is_file():
+        raise BundleError(f"{mpath} is missing: not a cogenesis bundle (export one with `cogenesis export --format executorch`)")
+    m = json.loads(mpath.read_text(encoding="utf-8"))
+    if m.get("format") != FORMAT or "executorch" not in m:
+        raise BundleError(f"{mpath}: not an ExecuTorch cogenesis bundle (no 'executorch' section)")
+    # verify_bundle's required-file check reads the model file from the "onnx" section; point it at the .pte
+    verify_bundle(root, {**m, "onnx": {"file": m["executorch"]["file"]}}, check_hashes=check_hashes)
+    return m
+
+
+def load_pte_bundle(bundle: str | Path, threads: int | None = None, verify: bool = True):
+    """(PteDecoder, tokenizers.Tokenizer, manifest) for a verified ExecuTorch bundle."""
+    from tokenizers import Tokenizer
+
+    root = Path(bundle)
+    m = verify_pte_bundle(root, check_hashes=verify)
+    dec = PteDecoder(root / m["executorch"]["file"], threads, m["executorch"].get("max_seq_len"))
+    return dec, Tokenizer.from_file(str(root / "tokenizer.json")), m
+
+
+def export_executorch_bundle(model: str | None, out: str | Path, quant: str = "8da4w",
+                             target: str = "android-arm64", force: bool = False, new_tokens: int = 64,
+                             prompts: list[str] | None = None, group_size: int = DEFAULT_GROUP_SIZE,
+                             max_seq_len: int = DEFAULT_MAX_SEQ_LEN, progress: bool = True) -> Path:
+    """`cogenesis export --format executorch`: a verified bundle with model.pte and a parity report."""
+    import shutil
+
+    from cogenesis.bundle import BundleError, write_bundle
+
+    from . import report
+    from .onnx_export import model_facts
+    from .pipeline import _chat_template, _special_tokens, _tool_versions, resolve_source
+    from .targets import budget_check, get_target
+
+    if quant not in QUANTS:
+        raise ValueError(f"--quant for --format executorch must be one of {QUANTS}, got {quant!r}")
+    tgt = get_target(target)
+    out = Path(out)
+    if out.exists() and not force:
+        raise BundleError(f"{out} already exists; pass --force to replace it, or choose another --out")
+    t0 = time.time()
+    src = resolve_source(model)
+    if progress:
+        print(f"[executorch] exporting {src.name} ({quant}); cached after the first time", file=sys.stderr)
+    pte, facts = cached_pte(src.hf_dir, quant, group_size, max_seq_len)
+    mfacts = model_facts(src.hf_dir)
+
+    def fill(tmp: Path) -> dict:
+        shutil.copy(pte, tmp / "model.pte")
+        shutil.copy(src.hf_dir / "tokenizer.json", tmp / "tokenizer.json")
+        (tmp / "chat_template.jinja").write_text(_chat_template(src.hf_dir), encoding="utf-8")
+        gen_path = src.hf_dir / "generation_config.json"
+        gen = json.loads(gen_path.read_text()) if gen_path.exists() else {}
+        special = _special_tokens(src.hf_dir, gen)
+        gen["eos_token_id"] = special["eos_token_ids"]
+        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2), encoding="utf-8")
+        if progress:
+            print("[executorch] parity vs transformers eager", file=sys.stderr)
+        runs = report.reference_runs(src.hf_dir, prompts or report.PARITY_PROMPTS, new_tokens)
+        parity = pte_parity(PteDecoder(tmp / "model.pte", threads=2), runs)
+        rep = {
+            "quant": {"scheme": facts["scheme"], "quant": quant, "group_size": facts["group_size"]},
+            "parity": parity,
+            "budget": budget_check(tgt, facts["bytes"], {**mfacts, "num_layers": mfacts["num_layers"]}),
+            "target": tgt.to_dict(),
+            "executorch": facts,
+            "export_seconds": round(time.time() - t0, 1),
+        }
+        (tmp / "export_report.json").write_text(json.dumps(rep, indent=2), encoding="utf-8")
+        return {
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "model": {**mfacts, "name": src.name, "source": {"name": src.name, "hf_dir": str(src.hf_dir)}},
+            "special_tokens": special,
+            "quant": {"scheme": f"executorch-{quant}", "group_size": facts["group_size"]},
+            "target": tgt.name,
+            "executorch": {k: facts[k] for k in ("backend", "quant", "group_size", "max_seq_len", "kv_cache",
+                                                 "inputs", "outputs", "dynamic_seq", "runtime_imports")}
+            | {"file": "model.pte", "exporter": "cogenesis EtLlama + torch.export + XNNPACK"},
+            "tokenizer": "tokenizer.json",
+            "chat_template": "chat_template.jinja",
+            "generation_config": "generation_config.json",
+            "report": "export_report.json",
+            "tools": _tool_versions() | _et_versions(),
+        }
+
+    return write_bundle(out, fill, force=force)
+
+
+def _et_versions() -> dict:
+    import importlib.metadata as md
+
+    out = {}
+    for p in ("executorch", "torchao"):
+        try:
+            out[p] = md.version(p)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="export an HF Llama folder to an ExecuTorch .pte (internal)")
+    ap.add_argument("--hf-dir", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--quant", default="8da4w", choices=QUANTS)
+    ap.add_argument("--group-size", type=int, default=DEFAULT_GROUP_SIZE)
+    ap.add_argument("--max-seq-len", type=int, default=DEFAULT_MAX_SEQ_LEN)
+    ap.add_argument("--info", default=None, help="write the export facts here (JSON)")
+    a = ap.parse_args(argv)
+    facts = _export_in_process(Path(a.hf_dir), Path(a.out), a.quant, a.group_size, a.max_seq_len)
+    if a.info:
+        Path(a.info).write_text(json.dumps(facts, indent=2))
+    print(json.dumps(facts, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
