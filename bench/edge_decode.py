@@ -141,9 +141,75 @@ def run_llamacpp(gguf: str, threads: int, new_tokens: int) -> dict:
     return {"prefill_200_s": pre, "decode_tok_s": new_tokens / decode_s, "prefill_1500_s": time.perf_counter() - t}
 
 
+def _bundle_encoder(bundle: Path):
+    from cogenesis.runtime.chat import compile_template, render
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(bundle / "tokenizer.json"))
+    tpl = compile_template((bundle / "chat_template.jinja").read_text())
+    return lambda msgs: tok.encode(render(tpl, msgs), add_special_tokens=False).ids
+
+
+def run_pte(path: str, threads: int, new_tokens: int) -> dict:
+    """An ExecuTorch .pte (XNNPACK) through executorch's Python runtime, same protocol as run_ort."""
+    from cogenesis.export.executorch_export import PteDecoder
+
+    short, long_ = _prompts(_bundle_encoder(Path(path).parent))
+    t = time.perf_counter()
+    dec = PteDecoder(path, threads=threads)
+    load_s = time.perf_counter() - t
+    dec.forward(short[:16])  # warm up
+    dec.reset()
+    t = time.perf_counter()
+    lg = dec.forward(short)[-1]
+    t_pre_short = time.perf_counter() - t
+    t = time.perf_counter()
+    for _ in range(new_tokens):
+        lg = dec.forward([int(lg.argmax())])[-1]
+    decode_s = time.perf_counter() - t
+    dec.reset()
+    t = time.perf_counter()
+    dec.forward(long_)
+    prefill_long = time.perf_counter() - t
+    return {"load_s": load_s, "prefill_200_s": t_pre_short, "decode_tok_s": new_tokens / decode_s,
+            "prefill_1500_s": prefill_long, "prompt_tokens": len(short), "long_prompt_tokens": len(long_)}
+
+
+def run_genai(path: str, threads: int, new_tokens: int) -> dict:
+    """An onnxruntime-genai model folder (genai_config.json) through og.Generator."""
+    import onnxruntime_genai as og
+
+    d = Path(path)
+    short, long_ = _prompts(_bundle_encoder(d))
+    t = time.perf_counter()
+    cfg = og.Config(str(d))
+    cfg.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
+    model = og.Model(cfg)
+    load_s = time.perf_counter() - t
+
+    def gen(ids, n):
+        p = og.GeneratorParams(model)
+        p.set_search_options(do_sample=False, max_length=len(ids) + n, min_length=len(ids) + n)
+        g = og.Generator(model, p)
+        t0 = time.perf_counter()
+        g.append_tokens(np.asarray(ids, np.int32))
+        g.generate_next_token()
+        t1 = time.perf_counter()
+        for _ in range(n - 1):
+            g.generate_next_token()
+        return t1 - t0, time.perf_counter() - t1
+
+    gen(short[:16], 2)  # warm up
+    pre, _ = gen(short, 1)
+    _, decode_s = gen(short, new_tokens + 1)
+    pre_long, _ = gen(long_, 1)
+    return {"load_s": load_s, "prefill_200_s": pre, "decode_tok_s": new_tokens / decode_s,
+            "prefill_1500_s": pre_long, "prompt_tokens": len(short), "long_prompt_tokens": len(long_)}
+
+
 def one(kind: str, path: str, threads: int, new_tokens: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    fn = {"ort": run_ort, "eager": run_eager, "llamacpp": run_llamacpp}[kind]
+    fn = {"ort": run_ort, "eager": run_eager, "llamacpp": run_llamacpp, "pte": run_pte, "genai": run_genai}[kind]
     res = fn(path, threads, new_tokens)
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(res))
@@ -162,6 +228,49 @@ def _genai_int4(hf_dir: Path) -> Path | None:
             print(f"skipping onnxruntime-genai int4: {e}", file=sys.stderr)
             return None
     return out / "model.onnx"
+
+
+def _genai_dir(builder_out: Path, hf_dir: Path) -> Path:
+    """The builder's int4 folder as an og.Generator folder: links to its graph + its own genai_config.json."""
+    d = builder_out.parent / "genai-int4-og"
+    d.mkdir(exist_ok=True)
+    for f in builder_out.iterdir():
+        if f.is_file() and not (d / f.name).exists():
+            (d / f.name).symlink_to(f.resolve()) if f.name.startswith("model.onnx") else (d / f.name).write_bytes(f.read_bytes())
+    if not (d / "chat_template.jinja").exists():
+        from cogenesis.export.pipeline import _chat_template
+
+        (d / "chat_template.jinja").write_text(_chat_template(hf_dir))
+    return d
+
+
+def _ort_genai_bundle(int4_bundle: Path) -> Path | None:
+    """`cogenesis export --format ort-genai` of our int4 bundle (repackaged, not re-quantized)."""
+    b = ROOT / "artifacts" / "bundles" / "smollm2-int4-genai"
+    if not (b / "genai_config.json").is_file():
+        try:
+            from cogenesis.export.ort_genai import export_ort_genai_bundle
+
+            export_ort_genai_bundle(None, b, base_bundle=int4_bundle, force=True)
+        except Exception as e:  # noqa: BLE001 - the benchmark goes on without the row
+            print(f"skipping the ort-genai bundle row: {e}", file=sys.stderr)
+            return None
+    return b
+
+
+def _et_bundle(quant: str) -> Path | None:
+    """ExecuTorch bundle (cached .pte export; minutes the first time)."""
+    try:
+        import executorch  # noqa: F401
+    except ImportError:
+        print(f"executorch not installed: ExecuTorch {quant} row skipped (pip install executorch==1.4.1)")
+        return None
+    b = ROOT / "artifacts" / "bundles" / f"smollm2-et-{quant}"
+    if not (b / "manifest.json").is_file():
+        from cogenesis.export.executorch_export import export_executorch_bundle
+
+        export_executorch_bundle(None, b, quant=quant, force=True)
+    return b
 
 
 def main() -> None:
@@ -190,6 +299,14 @@ def main() -> None:
     g = _genai_int4(hf_dir)
     if g:
         configs.append(("onnxruntime-genai builder int4", "ort", str(g), g.parent))
+        configs.append(("og.Generator: builder int4", "genai", str(_genai_dir(g.parent, hf_dir)), g.parent))
+    og_b = _ort_genai_bundle(bundles["int4"])
+    if og_b:
+        configs.append(("og.Generator: cogenesis int4 (ort-genai bundle)", "genai", str(og_b), og_b))
+    for q in ("fp32", "8da4w"):
+        b = _et_bundle(q)
+        if b:
+            configs.append((f"ExecuTorch XNNPACK {q} (.pte)", "pte", str(b / "model.pte"), b))
     try:
         import llama_cpp  # noqa: F401
 
@@ -203,6 +320,15 @@ def main() -> None:
     refs = reference_runs(hf_dir, PARITY_PROMPTS, 64)
     quality = {}
     for name, kind, path, _ in configs:
+        if kind == "pte":
+            from cogenesis.export.executorch_export import PteDecoder, pte_parity
+
+            p = pte_parity(PteDecoder(path, threads=2), refs)
+        elif kind == "genai":  # the same graph as an "ort" row, run by og.Generator: quality from its graph
+            p = bundle_parity(str(Path(path) / "model.onnx"), KVSpec(30, 3, 64), refs)
+        if kind in ("pte", "genai"):
+            quality[name] = {"teacher_forced_top1": p["teacher_forced_top1"], "mean_kl": p["mean_kl"],
+                             "greedy_identical_prompts": p["greedy_identical_prompts"]}
         if kind == "ort":
             p = bundle_parity(path, KVSpec(30, 3, 64), refs)
             quality[name] = {"teacher_forced_top1": p["teacher_forced_top1"], "mean_kl": p["mean_kl"],
@@ -211,7 +337,7 @@ def main() -> None:
     for name, kind, path, bdir in configs:
         size = None
         if bdir is not None:
-            size = sum(f.stat().st_size for f in Path(bdir).iterdir() if f.name.startswith("model.onnx"))
+            size = sum(f.stat().st_size for f in Path(bdir).iterdir() if f.name.startswith(("model.onnx", "model.pte")))
         elif kind == "eager":
             size = (Path(path) / "model.safetensors").stat().st_size
         else:

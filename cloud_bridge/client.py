@@ -242,22 +242,29 @@ class CloudClient:
             self.capabilities()
         return self.model  # type: ignore[return-value]
 
+    def _post(self, path: str, body: dict) -> dict:
+        """POST a body that needs the model name; a body the strict guard would refuse is refused before
+        anything (even GET /v1/models) is sent."""
+        if self.model is None and self.guard.mode == "strict" and self.guard.scan_body(body):
+            self.guard.inspect(path, body)  # records the refusal and raises PrivacyViolation
+        data = self.request("POST", path, {"model": self._model(), **body})
+        return data or {}
+
     # -- API -----------------------------------------------------------------------------------------------
     def complete(self, prompt: str | Sequence[int], max_tokens: int = 16, temperature: float = 0.0,
                  **extra) -> Completion:
         """POST /v1/completions with a text or token-id prompt; `extra` fields go in the body as they are."""
         p = prompt if isinstance(prompt, str) else [int(t) for t in prompt]
-        body = {"model": self._model(), "prompt": p, "max_tokens": max_tokens, "temperature": temperature, **extra}
-        data = self.request("POST", "/v1/completions", body)
+        body = {"prompt": p, "max_tokens": max_tokens, "temperature": temperature, **extra}
+        data = self._post("/v1/completions", body)
         ch = _choice(data, self.base_url + "/v1/completions")
         return Completion(str(ch.get("text", "")), ch.get("finish_reason"), data.get("usage") or {}, data)
 
     def chat(self, messages: list[dict], max_tokens: int = 256, temperature: float = 0.0, **extra) -> Completion:
         """POST /v1/chat/completions (non-streaming)."""
-        body = {"model": self._model(), "messages": messages, "max_tokens": max_tokens, "temperature": temperature,
-                **extra}
+        body = {"messages": messages, "max_tokens": max_tokens, "temperature": temperature, **extra}
         url = self.base_url + "/v1/chat/completions"
-        data = self.request("POST", "/v1/chat/completions", body)
+        data = self._post("/v1/chat/completions", body)
         msg = _choice(data, url).get("message")
         if not isinstance(msg, dict) or not isinstance(msg.get("content"), (str, type(None))):
             raise CloudProtocolError("the chat answer has no message content", url, 200, "use a chat-capable server")
@@ -279,8 +286,7 @@ class CloudClient:
 
     def tokenize(self, text: str, add_special_tokens: bool = False) -> list[int]:
         """POST /tokenize (vLLM): the server's token ids for `text` (the text is sent: it passes the guard)."""
-        data = self.request("POST", "/tokenize", {"model": self._model(), "prompt": text,
-                                                  "add_special_tokens": add_special_tokens})
+        data = self._post("/tokenize", {"prompt": text, "add_special_tokens": add_special_tokens})
         ids = data.get("tokens") if data else None
         if not isinstance(ids, list):
             raise CloudProtocolError("/tokenize answered no 'tokens'", self.base_url + "/tokenize", 200,
@@ -288,8 +294,8 @@ class CloudClient:
         return [int(t) for t in ids]
 
     def detokenize(self, ids: Sequence[int]) -> str:
-        data = self.request("POST", "/detokenize", {"model": self._model(), "tokens": [int(t) for t in ids]})
-        return str((data or {}).get("prompt", ""))
+        data = self._post("/detokenize", {"tokens": [int(t) for t in ids]})
+        return str(data.get("prompt", ""))
 
     def next_token_logprobs(self, prefix_ids: Sequence[int], draft_ids: Sequence[int] = (), k: int = 20,
                             include_tokens: bool = False) -> list[dict[int, float]]:
@@ -303,14 +309,16 @@ class CloudClient:
         if not prefix:
             raise ValueError("prefix_ids is empty")
         ids, start = prefix + draft, len(prefix)
-        body: dict = {"model": self._model(), "prompt": ids, "max_tokens": 1, "temperature": 0, "logprobs": k,
+        body: dict = {"prompt": ids, "max_tokens": 1, "temperature": 0, "logprobs": k,
                       "return_tokens_as_token_ids": True}
         if draft:
             body["prompt_logprobs"] = k
+            if self._caps is None and self.guard.mode == "strict" and self.guard.scan_body(body):
+                self.guard.inspect("/v1/completions", body)  # refused before anything (even /v1/models) is sent
             if self.supports("prompt_logprobs_start"):
                 body["prompt_logprobs_start"] = start
         url = self.base_url + "/v1/completions"
-        data = self.request("POST", "/v1/completions", body)
+        data = self._post("/v1/completions", body)
         ch = _choice(data, url)
         out: list[dict[int, float]] = []
         if draft:

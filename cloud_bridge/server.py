@@ -28,7 +28,6 @@ redacted) appended to a JSONL file, read back with `read_capture`.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import hmac
@@ -51,14 +50,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from .server_cli import API_KEY_ENV, FAULTS
 from .server_engine import Engine, RunInfo, RunRequest, TopLogprobs
 
 log = logging.getLogger("cogenesis.cloud.server")
 
-FAULTS = ("500", "429", "garbage", "stall")
 EXTENSIONS = ("prompt_logprobs_start", "session_prefix_cache")
 SESSION_HEADER = "x-session-id"
-API_KEY_ENV = "COGENESIS_CLOUD_API_KEY"
 _OPEN_PATHS = {"/health"}
 _DRAIN_LIMIT = 64 << 20  # read (and discard) up to this much of an oversize body so the 413 reaches the client
 
@@ -747,49 +745,13 @@ def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Run
     return RunningServer(f"http://{shown}:{real_port}", app, server, thread)
 
 
-# ---- command line --------------------------------------------------------------------------------------------
-
-
-def add_serve_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of `cogenesis cloud serve` (also `python -m cogenesis.cloud_bridge.server`)."""
-    d = ServerSettings()
-    p.add_argument("--model", required=True, help="bundle directory to serve")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", default=None, help=f"Bearer token clients must send (default: ${API_KEY_ENV})")
-    p.add_argument("--allow-unauthenticated", action="store_true", help="no API key (loopback addresses only)")
-    p.add_argument("--simulate-rtt-ms", type=float, default=0.0, help="add this much latency to every request")
-    p.add_argument("--fault", choices=FAULTS, default=None, help="inject a fault into every model request")
-    p.add_argument("--fault-count", type=int, default=None, help="inject the fault only into the first N requests")
-    p.add_argument("--stall-s", type=float, default=d.stall_s, help="how long --fault stall holds a request")
-    p.add_argument("--capture", default=None, metavar="FILE", help="append every received request (JSONL, base64 body)")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
-    p.add_argument("--max-sessions", type=int, default=d.max_sessions, help="prefix-cache sessions kept (LRU)")
-    p.add_argument("--max-parallel", type=int, default=d.max_parallel, help="model runs at the same time")
-    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
-    p.add_argument("--max-tokens", type=int, default=d.max_tokens, help="largest max_tokens a request may ask for")
-    p.add_argument("--max-logprobs", type=int, default=d.max_logprobs)
-    p.add_argument("--served-model-name", default=None)
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-
-
-def serve_from_args(a: argparse.Namespace) -> None:
-    serve(a.model, host=a.host, port=a.port, api_key=a.api_key, allow_unauthenticated=a.allow_unauthenticated,
-          simulate_rtt_ms=a.simulate_rtt_ms, fault=a.fault, log_level=a.log_level, threads=a.threads,
-          fault_count=a.fault_count, stall_s=a.stall_s, capture=a.capture, max_sessions=a.max_sessions,
-          max_parallel=a.max_parallel, max_body_bytes=a.max_body_bytes, max_tokens=a.max_tokens,
-          max_logprobs=a.max_logprobs, served_model_name=a.served_model_name)
+# ---- command line (the options live in server_cli.py, which does not need fastapi) ---------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cogenesis.cloud_bridge.server", description=__doc__.split("\n")[0])
-    add_serve_arguments(p)
-    a = p.parse_args(argv)
-    try:
-        serve_from_args(a)
-    except ValueError as e:
-        p.error(str(e))
-    return 0
+    from .server_cli import main as cli_main
+
+    return cli_main(argv)
 
 
 def settings_dict(app: FastAPI) -> dict:

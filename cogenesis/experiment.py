@@ -456,8 +456,19 @@ def _row_dict(r: Row) -> dict:
     return _json_safe(d)
 
 
-def _markdown(config: dict, aggregates: dict[str, dict], skipped: dict[str, str], notes: list[str]) -> str:
-    has_judge = any(not math.isnan(a.get("judge_overall", math.nan)) for a in aggregates.values())
+def _problems(rows: list[Row], attr: str, limit: int = 2) -> dict[str, list[str]]:
+    """The first distinct errors (or fallback reasons) per system."""
+    out: dict[str, list[str]] = {}
+    for r in rows:
+        msg = getattr(r, attr)
+        if msg and msg not in out.setdefault(r.system, []) and len(out[r.system]) < limit:
+            out[r.system].append(msg)
+    return {s: v for s, v in out.items() if v}
+
+
+def _markdown(config: dict, aggregates: dict[str, dict], skipped: dict[str, str], notes: list[str],
+              rows: list[Row]) -> str:
+    has_judge = bool(config.get("judge_url"))
     cols = ["System", "n", "ROUGE-1", "ROUGE-L", "METEOR", "Emb. sim"]
     if has_judge:
         cols += ["Overall", "Personal.", "Overall w/o profile"]
@@ -482,7 +493,17 @@ def _markdown(config: dict, aggregates: dict[str, dict], skipped: dict[str, str]
               "the private context found verbatim in the sent bytes.", ""]
     if skipped:
         lines += ["## Systems not run", ""] + [f"- **{s}**: {why}" for s, why in skipped.items()] + [""]
+    for title, attr in (("Errors", "error"), ("Fallbacks to local", "fallback")):
+        probs = _problems(rows, attr)
+        if probs:
+            lines += [f"## {title}", ""]
+            lines += [f"- **{s}** ({sum(1 for r in rows if r.system == s and getattr(r, attr))}x): {m[:300]}"
+                      for s, ms in probs.items() for m in ms] + [""]
     lines += ["## Systems", ""] + [f"- **{s}**: {LABELS[s]}" for s in aggregates] + [""]
+    if has_judge:
+        parsed = ", ".join(f"{s} {min(a[f'judge_{k}_parsed'] for k in JUDGE_KEYS)}/{a['answers'] - a['errors']}"
+                           for s, a in aggregates.items())
+        notes = [*notes, f"Judge ratings parsed (least of the three aspects / answers judged): {parsed}."]
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(lines)
@@ -523,7 +544,7 @@ def _write_outputs(out: Path, config: dict, aggregates: dict[str, dict], skipped
     if why:
         notes.append(why)
     report = out / "report.md"
-    report.write_text(_markdown(config, aggregates, skipped, notes), encoding="utf-8")
+    report.write_text(_markdown(config, aggregates, skipped, notes, rows), encoding="utf-8")
     results = out / "results.json"
     results.write_text(json.dumps(_json_safe({"config": config, "systems": aggregates, "skipped": skipped,
                                               "notes": notes, "rows": [_row_dict(r) for r in rows]}),
@@ -532,3 +553,45 @@ def _write_outputs(out: Path, config: dict, aggregates: dict[str, dict], skipped
         for r in rows:
             f.write(json.dumps(_row_dict(r), ensure_ascii=False) + "\n")
     return ExperimentResult(out, aggregates, skipped, rows, notes, report, results, plot)
+
+
+# ---- command line ------------------------------------------------------------------------------------------
+
+
+def add_experiment_parser(sub) -> None:
+    """`cogenesis experiment ...` (register with ``add_experiment_parser(subparsers)``)."""
+    p = sub.add_parser("experiment", help="run systems on records: quality vs. privacy leakage report (Table 1)")
+    p.add_argument("--data", default="sample", help="records file (default: the shipped sample)")
+    p.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated, from {','.join(SYSTEMS)}")
+    p.add_argument("--limit", type=int, default=None, help="first N records")
+    p.add_argument("--bundle", required=True, help="on-device bundle (cogenesis export --out DIR)")
+    p.add_argument("--cloud-url", default=None, help="OpenAI-compatible cloud (cogenesis cloud serve, vLLM)")
+    p.add_argument("--api-key", default=None, help="cloud API key (default: $COGENESIS_CLOUD_API_KEY)")
+    p.add_argument("--judge-url", default=None, help="OpenAI-compatible judge endpoint (no judge: no ratings)")
+    p.add_argument("--judge-model", default=None, help="judge model name (default: the endpoint's first)")
+    p.add_argument("--judge-max-tokens", type=int, default=256)
+    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--max-tokens", type=int, default=256, help="new tokens per answer (default 256)")
+    p.add_argument("--cloud-max-tokens", type=int, default=None, help="tokens of the sketch outline")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="on-device model (1 = off)")
+    p.add_argument("--guard-mode", choices=["audit", "strict", "off"], default="audit",
+                   help="audit (default): measure each method's leakage; strict: as shipped (refuse + fall back)")
+    p.add_argument("--no-canaries", action="store_true", help="do not plant a made-up secret per record")
+    p.add_argument("--no-embed", action="store_true", help="skip the MiniLM embedding similarity")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime threads of the on-device model")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_experiment)
+
+
+def cmd_experiment(a) -> int:
+    systems = [s.strip() for s in a.systems.split(",") if s.strip()]
+    r = run_experiment(a.data, systems=systems, limit=a.limit, bundle=a.bundle, cloud_url=a.cloud_url,
+                       out_dir=a.out, judge_url=a.judge_url, judge_model=a.judge_model,
+                       judge_max_tokens=a.judge_max_tokens, api_key=a.api_key, max_new_tokens=a.max_tokens,
+                       cloud_max_tokens=a.cloud_max_tokens, temperature=a.temperature,
+                       repetition_penalty=a.repetition_penalty, guard_mode=a.guard_mode, canaries=not a.no_canaries,
+                       embed=not a.no_embed, threads=a.threads, seed=a.seed)
+    print(r.report.read_text(encoding="utf-8"))
+    print(f"written: {r.report}, {r.results}" + (f", {r.plot}" if r.plot else ""))
+    return 0

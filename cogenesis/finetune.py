@@ -25,6 +25,7 @@ import os
 import random
 import re
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -143,6 +144,7 @@ def build_example(tokenizer, record: TaskRecord, regime: str, max_len: int,
     """
     if not record.reference.strip():
         raise ValueError("no reference text to learn from")
+
     def tokenize(budget: int) -> tuple[list[int], int]:
         msgs = prompt_messages(record, regime, sketch, budget)
         prompt = _render(tokenizer, msgs, None)
@@ -373,7 +375,7 @@ def finetune(
                                                      ignore_index=-100, reduction="sum")
             k = int((tgt != -100).sum())
             (loss / max(1, k) / grad_accum).backward()
-            loss_sum += float(loss)
+            loss_sum += float(loss.detach())
             n_tok += k
         gnorm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
         opt.step()
@@ -458,3 +460,67 @@ def result_dict(r: FinetuneResult) -> dict:
     d["first_loss"], d["last_loss"] = r.first_loss, r.last_loss
     d.pop("losses")
     return d
+
+
+# ---- command line ------------------------------------------------------------------------------------------
+
+
+def add_finetune_parser(sub) -> None:
+    """`cogenesis finetune ...` (register with ``add_finetune_parser(subparsers)``)."""
+    p = sub.add_parser("finetune", help="fine-tune the on-device model (LoRA or full) in a CoGenesis regime")
+    p.add_argument("--base", default=None, help="HF folder or .gguf to start from (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--data", default=None, help="training records (authors' JSON, our JSONL...; default: the sample)")
+    p.add_argument("--out", required=True, help="folder for the merged HF model (then: cogenesis export --model OUT)")
+    p.add_argument("--regime", choices=REGIMES, default="with_context", help="what the prompt holds (default with_context)")
+    p.add_argument("--method", choices=METHODS, default="lora", help="lora (merged before saving) or full")
+    p.add_argument("--steps", type=int, default=200, help="optimizer steps (default 200)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-4 lora, 2e-5 full)")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--grad-accum", type=int, default=1, help="batches per optimizer step")
+    p.add_argument("--max-len", type=int, default=1024, help="tokens per example (context shrinks first)")
+    p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument("--lora-alpha", type=int, default=None, help="default 2 x r")
+    p.add_argument("--lora-dropout", type=float, default=0.05)
+    p.add_argument("--sketches", default=None, help="JSON file tid -> outline for --regime with_sketch "
+                   "(default: outlines derived from the references' sentences)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=cmd_finetune)
+
+
+def cmd_finetune(a) -> int:
+    try:
+        r = finetune(a.base, a.data, a.out, regime=a.regime, method=a.method, steps=a.steps, lr=a.lr,
+                     batch_size=a.batch_size, grad_accum=a.grad_accum, max_len=a.max_len, lora_r=a.lora_r,
+                     lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout, sketches=a.sketches, seed=a.seed,
+                     threads=a.threads, force=a.force)
+    except FileExistsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result_dict(r), indent=2))
+    print(f"loss {r.first_loss:.3f} -> {r.last_loss:.3f} (first / last quarter of the steps); next: "
+          f"cogenesis export --model {r.out} --out artifacts/bundles/{r.out.name}")
+    return 0
+
+
+def cloud_sketches(records: Sequence[TaskRecord], client, out: str | Path | None = None,
+                   **sketch_kw) -> dict[str, list[str]]:
+    """Outlines for ``with_sketch`` training from a cloud model, as CoGenesis gets them at run time: each
+    instruction is sanitized on-device first and only that goes out (through ``client``'s guard).
+
+    ``client``: a `cogenesis.cloud_bridge.client.CloudClient`. Records whose request fails are left out.
+    ``out``: also write the mapping as JSON (for ``--sketches``).
+    """
+    from cogenesis.cloud_bridge.guard import sanitize_instruction
+
+    result: dict[str, list[str]] = {}
+    for r in records:
+        text = sanitize_instruction(r.instruction, r.private_context()).text
+        try:
+            result[r.tid] = client.sketch(text, **sketch_kw)
+        except Exception as e:  # noqa: BLE001 - one failed outline must not lose the others
+            warnings.warn(f"{r.tid}: no sketch ({type(e).__name__}: {e})", stacklevel=2)
+    if out is not None:
+        Path(out).write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
+    return result

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 from cogenesis.cloud_bridge.guard import EgressGuard, PrivacyViolation, sanitize_instruction
 from cogenesis.context import PrivateContext
-from cogenesis.data.prompts import with_context, with_sketch
+from cogenesis.data.prompts import DEFAULT_CONTEXT_TOKENS, with_context, with_sketch
 
 if TYPE_CHECKING:
     from cogenesis.cloud_bridge.client import CloudClient
@@ -78,6 +78,7 @@ class WriteJob:
     guard: EgressGuard | None
     result: WriteResult
     options: dict = field(default_factory=dict)  # mode options (`mode_options` of write())
+    context_tokens: int = DEFAULT_CONTEXT_TOKENS  # budget of the rendered private context in local prompts
     t0: float = field(default_factory=time.perf_counter)
     emitted: int = 0  # characters already streamed to stream_cb
     _sanitized: str | None = None
@@ -153,7 +154,7 @@ ModeFn = Callable[[WriteJob], str]
 
 def write_local(job: WriteJob) -> str:
     """The on-device model alone, with the private context."""
-    return job.generate_local(with_context(job.instruction, job.context))
+    return job.generate_local(with_context(job.instruction, job.context, max_tokens=job.context_tokens))
 
 
 def write_sketch(job: WriteJob) -> str:
@@ -161,7 +162,8 @@ def write_sketch(job: WriteJob) -> str:
     client = job.cloud_client()
     instruction = job.cloud_instruction()
     job.result.outline = job.cloud(client.sketch, instruction, **job.options)
-    return job.generate_local(with_sketch(job.instruction, job.context, job.result.outline))
+    return job.generate_local(with_sketch(job.instruction, job.context, job.result.outline,
+                                          max_tokens=job.context_tokens))
 
 
 MODES: dict[str, ModeFn] = {"local": write_local, "sketch": write_sketch}
@@ -192,13 +194,15 @@ def _mode_fn(mode: str) -> ModeFn:
 
 def write(instruction: str, context: PrivateContext | dict | None, model: EdgeModel, mode: str = "local",
           client: CloudClient | None = None, sanitize: bool = True, stream_cb: StreamCallback | None = None,
-          guard: EgressGuard | None = None, mode_options: dict | None = None, **gen) -> WriteResult:
+          guard: EgressGuard | None = None, mode_options: dict | None = None,
+          context_tokens: int = DEFAULT_CONTEXT_TOKENS, **gen) -> WriteResult:
     """Write `instruction` for the user; see the module docstring for the modes and the fallback.
 
     `gen`: generation options of the on-device model (max_new_tokens, temperature, top_k, top_p, seed).
     `guard`: the egress guard for this session (default: a strict one built from `context`, unless `client`
     was given its own). `mode_options`: passed to the mode as `job.options` (sketch: the keyword arguments of
-    `CloudClient.sketch`, e.g. max_tokens, temperature).
+    `CloudClient.sketch`, e.g. max_tokens, temperature). `context_tokens`: budget (approx. tokens) of the
+    private context rendered into the on-device prompt.
     """
     from cogenesis.cloud_bridge.client import CloudError
 
@@ -208,7 +212,7 @@ def write(instruction: str, context: PrivateContext | dict | None, model: EdgeMo
     fn = _mode_fn(mode)
     result = WriteResult(mode=mode, mode_used=mode)
     job = WriteJob(instruction, ctx, model, client, sanitize, stream_cb, dict(gen), guard, result,
-                   options=dict(mode_options or {}))
+                   options=dict(mode_options or {}), context_tokens=context_tokens)
     try:
         result.text = fn(job)
     except (CloudError, PrivacyViolation, CloudUnavailable) as e:

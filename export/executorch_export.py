@@ -55,11 +55,10 @@ def _require_executorch() -> None:
 # -- the model ------------------------------------------------------------------------------------------------
 def _build_module(hf_dir: Path, max_seq_len: int):
     """An nn.Module equal to transformers' LlamaForCausalLM, with a static [1, S, kv_heads, dim] KV cache."""
+    import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (registers torch.ops.llama.*)
     import torch
     from torch import nn
     from torch.nn import functional as F
-
-    import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (registers torch.ops.llama.*)
 
     cfg = json.loads((hf_dir / "config.json").read_text())
     if cfg.get("model_type") not in SUPPORTED:
@@ -186,6 +185,7 @@ def _build_module(hf_dir: Path, max_seq_len: int):
 
 
 def _export_in_process(hf_dir: Path, out: Path, quant: str, group_size: int, max_seq_len: int) -> dict:
+    import executorch.kernels.quantized  # noqa: F401  (out variants of the quantized ops, for to_executorch)
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
         XnnpackDynamicallyQuantizedPartitioner,
@@ -194,8 +194,6 @@ def _export_in_process(hf_dir: Path, out: Path, quant: str, group_size: int, max
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes import MemoryPlanningPass
     from torch.export import Dim
-
-    import executorch.kernels.quantized  # noqa: F401  (out variants of the quantized ops, for to_executorch)
 
     t0 = time.time()
     torch.manual_seed(0)
@@ -223,10 +221,10 @@ def _export_in_process(hf_dir: Path, out: Path, quant: str, group_size: int, max
     with open(tmp, "wb") as f:
         et.write_to_file(f)
     tmp.replace(out)
-    gm = edge.exported_program().graph_module
-    delegated = sum(1 for n in gm.graph.nodes if n.op == "call_function" and "executorch_call_delegate" in str(n.target))
-    ops = sorted({str(n.target).split(".")[-2] if "." in str(n.target) else str(n.target)
-                  for n in gm.graph.nodes if n.op == "call_function" and "delegate" not in str(n.target)})
+    names = [getattr(n.target, "__name__", str(n.target)) for n in edge.exported_program().graph_module.graph.nodes
+             if n.op == "call_function"]
+    delegated = names.count("executorch_call_delegate")
+    ops = sorted({x for x in names if x not in ("executorch_call_delegate", "getitem")})
     return {
         "file": out.name,
         "bytes": out.stat().st_size,

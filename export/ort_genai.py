@@ -127,10 +127,14 @@ def _builder_int4(hf_dir: Path, dst: Path) -> dict:
 
 def export_ort_genai_bundle(model: str | None, out: str | Path, quant: str = "int4", target: str = "laptop-x86_64",
                             force: bool = False, new_tokens: int = 64, prompts: list[str] | None = None,
-                            progress: bool = True) -> Path:
-    """Export a bundle that both onnxruntime-genai and cogenesis.runtime run; parity is measured under both."""
-    from cogenesis.bundle import BundleError, read_manifest, write_bundle
+                            progress: bool = True, base_bundle: str | Path | None = None) -> Path:
+    """Export a bundle that both onnxruntime-genai and cogenesis.runtime run; parity is measured under both.
+
+    base_bundle: an existing ONNX bundle of the same source model to repackage instead of exporting `quant` again
+    (its quantization is kept; `quant` is ignored)."""
     from cogenesis.runtime.model import KVSpec
+
+    from cogenesis.bundle import BundleError, read_manifest, write_bundle
 
     from . import report
     from .onnx_export import model_facts
@@ -148,7 +152,11 @@ def export_ort_genai_bundle(model: str | None, out: str | Path, quant: str = "in
     facts = model_facts(src.hf_dir)
     work = Path(tempfile.mkdtemp(prefix=".ort-genai-", dir=out.parent if out.parent.exists() else None))
     try:
-        if quant == "builder-int4":
+        if base_bundle is not None:
+            base = Path(base_bundle)
+            base_manifest = read_manifest(base)
+            qinfo = base_manifest["quant"]
+        elif quant == "builder-int4":
             base, base_manifest = work / "builder", None
             qinfo = _builder_int4(src.hf_dir, base)
         else:
@@ -219,7 +227,6 @@ def export_ort_genai_bundle(model: str | None, out: str | Path, quant: str = "in
 def run_text(bundle: str | Path, prompt: str, max_new_tokens: int = 48) -> str:
     """Chat once with onnxruntime-genai on a bundle (its tokenizer and our chat template)."""
     import onnxruntime_genai as og
-
     from cogenesis.runtime.chat import compile_template, render
 
     root = Path(bundle)

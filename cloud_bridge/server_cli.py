@@ -1,0 +1,61 @@
+"""Command-line options of the reference cloud server (`cogenesis cloud serve`), importable without fastapi.
+
+    python -m cogenesis.cloud_bridge.server --model artifacts/bundles/smollm2-int4 --api-key KEY
+"""
+
+from __future__ import annotations
+
+import argparse
+
+FAULTS = ("500", "429", "garbage", "stall")
+API_KEY_ENV = "COGENESIS_CLOUD_API_KEY"
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `cogenesis cloud serve`."""
+    p.add_argument("--model", required=True, help="bundle directory to serve")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None, help=f"Bearer token clients must send (default: ${API_KEY_ENV})")
+    p.add_argument("--allow-unauthenticated", action="store_true", help="no API key (loopback addresses only)")
+    p.add_argument("--simulate-rtt-ms", type=float, default=0.0, help="add this much latency to every request")
+    p.add_argument("--fault", choices=FAULTS, default=None,
+                   help="inject a fault into every request but /health: 500, 429, garbage (200 + invalid JSON), "
+                        "stall (no answer for --stall-s)")
+    p.add_argument("--fault-count", type=int, default=None, help="inject the fault only into the first N requests")
+    p.add_argument("--stall-s", type=float, default=30.0, help="how long --fault stall holds a request")
+    p.add_argument("--capture", default=None, metavar="FILE",
+                   help="append every received request to FILE (JSONL: method, path, headers, base64 body)")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    p.add_argument("--max-sessions", type=int, default=16, help="prefix-cache sessions kept (LRU)")
+    p.add_argument("--max-parallel", type=int, default=2, help="model runs at the same time")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413")
+    p.add_argument("--max-tokens", type=int, default=1024, help="largest max_tokens a request may ask for")
+    p.add_argument("--max-logprobs", type=int, default=20, help="largest logprobs / prompt_logprobs k")
+    p.add_argument("--served-model-name", default=None, help="model id in the API (default: the bundle's model name)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def serve_from_args(a: argparse.Namespace) -> None:
+    """Run the server from parsed `add_serve_arguments` options (blocks)."""
+    from .server import serve
+
+    serve(a.model, host=a.host, port=a.port, api_key=a.api_key, allow_unauthenticated=a.allow_unauthenticated,
+          simulate_rtt_ms=a.simulate_rtt_ms, fault=a.fault, log_level=a.log_level, threads=a.threads,
+          fault_count=a.fault_count, stall_s=a.stall_s, capture=a.capture, max_sessions=a.max_sessions,
+          max_parallel=a.max_parallel, max_body_bytes=a.max_body_bytes, max_tokens=a.max_tokens,
+          max_logprobs=a.max_logprobs, served_model_name=a.served_model_name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m cogenesis.cloud_bridge.server",
+                                description="Reference cloud server (OpenAI-compatible subset + vLLM extensions)")
+    add_serve_arguments(p)
+    a = p.parse_args(argv)
+    from cogenesis.bundle import BundleError
+
+    try:
+        serve_from_args(a)
+    except (ValueError, BundleError) as e:
+        p.error(str(e))
+    return 0

@@ -1,0 +1,187 @@
+"""Offline metrics (ROUGE, METEOR, MiniLM similarity), privacy leakage from real guard audits, judge parsing + cache."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from cogenesis.cloud_bridge.guard import EgressGuard
+
+from cogenesis.data.prompts import with_context, without_context
+from cogenesis.data.records import load_context_aware, load_sample
+from cogenesis.evaluate import (
+    Embedder,
+    body_texts,
+    canary_hits,
+    fact_leakage,
+    mean,
+    meteor,
+    private_facts,
+    rouge,
+    text_metrics,
+)
+from cogenesis.judge import ASPECTS, Judge, judge_messages, parse_rating
+
+REF = "The cat sat on the mat and looked at the birds outside the window."
+
+
+def test_rouge_and_meteor_values():
+    r = rouge(REF, REF)
+    assert r["rouge1"] == pytest.approx(1.0) and r["rougeL"] == pytest.approx(1.0)
+    assert meteor(REF, REF) > 0.99
+    assert rouge("", REF)["rouge1"] == 0.0 and meteor("", REF) == 0.0
+    # stem matching: "cats"/"looking" match "cat"/"looked" through the Porter stemmer, so METEOR beats exact
+    inflected = "The cats sat on the mat and looking at the birds outside the window."
+    assert meteor(inflected, REF) > rouge(inflected, REF)["rouge1"] - 0.2
+    assert meteor(inflected, REF) > meteor("A dog ran in the park chasing a red ball.", REF) + 0.5
+    # ROUGE-L rewards order, ROUGE-1 does not
+    shuffled = "window the outside birds the at looked and mat the on sat cat The."
+    assert rouge(shuffled, REF)["rouge1"] == pytest.approx(1.0)
+    assert rouge(shuffled, REF)["rougeL"] < 0.5
+
+
+def test_text_metrics_without_reference_is_nan():
+    m = text_metrics("anything", "")
+    assert all(math.isnan(v) for v in m.values())
+    assert math.isnan(mean([None, math.nan])) and mean([1.0, None, 3.0]) == 2.0
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    try:
+        return Embedder(threads=1)
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+
+
+def test_minilm_embeddings_are_semantic(embedder):
+    v = embedder.encode(["A man is playing a guitar.", "Someone plays the guitar.", "The stock market fell today."])
+    assert v.shape == (3, 384)
+    assert abs(float((v[0] ** 2).sum()) - 1) < 1e-4
+    assert float(v[0] @ v[1]) > 0.6 > float(v[0] @ v[2]) + 0.3
+    sims = embedder.similarities(["A man is playing a guitar."], ["Someone plays the guitar."])
+    assert sims[0] == pytest.approx(float(v[0] @ v[1]), abs=1e-4)
+
+
+def test_private_facts_of_the_sample():
+    rec = load_sample()[0]
+    labels = [f.label for f in private_facts(rec.private_context())]
+    for want in ("profile.Name", "profile.Location", "profile.Privacy_info", "profile.Smart_device_usage"):
+        assert want in labels
+    assert "profile.Age" not in labels and "profile.Writing_style" not in labels
+    assert sum(lab.startswith("history[") for lab in labels) == len(rec.context.history)
+
+
+def test_fact_leakage_from_real_guard_audit(tmp_path):
+    rec = load_sample()[0]
+    ctx = rec.private_context()
+    log = tmp_path / "audit.jsonl"
+    g = EgressGuard(ctx, mode="audit", audit_log=log)
+    g.inspect("/v1/chat/completions", {"messages": with_context(rec)})
+    leak = fact_leakage(ctx, [g.last_record])
+    assert leak.facts >= 5 and leak.fraction > 0.5 and "profile.Name" in leak.leaked
+    assert leak.bytes == g.last_record["bytes"] > 1000 and leak.requests == 1
+    g.inspect("/v1/chat/completions", {"messages": without_context("Write a haiku about autumn leaves.")})
+    assert fact_leakage(ctx, [g.last_record]).leaked == []
+    # a request the strict guard refused never left the device: no leak
+    blocked = dict(g.last_record, findings=[{"kind": "identifier", "source": "profile.Name"}], blocked=True)
+    assert fact_leakage(ctx, [blocked]).leaked == []
+
+
+def test_body_texts_and_canaries():
+    body = json.dumps({"prompt": [1, 2, 3], "messages": [{"role": "user", "content": "hello"}]}).encode()
+    texts = body_texts(body, detokenize=lambda ids: "my code is QX1234-AB")
+    assert "hello" in texts and "my code is QX1234-AB" in texts
+    assert canary_hits(["qx1234-ab", "ZZ9999-ZZ"], texts) == ["qx1234-ab"]
+    assert body_texts(b"not json at all") == ["not json at all"]
+
+
+def test_every_real_dev_context_leaks_through_a_with_context_prompt(shared_data):
+    recs = load_context_aware(shared_data / "context_aware_dev.json")[:40]
+    fractions = []
+    for r in recs:
+        ctx = r.private_context()
+        g = EgressGuard(ctx, mode="audit")
+        g.inspect("/v1/chat/completions", {"messages": with_context(r)})
+        fractions.append(fact_leakage(ctx, [g.last_record]).fraction)
+        g.inspect("/v1/chat/completions", {"messages": without_context(r)})
+    assert min(fractions) > 0, "every with-context prompt carries some private fact"
+    assert mean(fractions) > 0.5
+
+
+# ---- judge ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text,want", [
+    ("Short explanation. Rating: [[7]]", 7.0), ("[[8]]", 8.0), ("Rating: 6", 6.0), ("Score: 8/10", 8.0),
+    ("I give it 9 out of 10.", 9.0), ("7/10", 7.0), ('{"rating": 5}', 5.0), ('{"score": "4"}', 4.0),
+    ("Rating: seven", 7.0), ("eight out of ten", 8.0), ("3", 3.0), ("Rating: 7.5/10", 7.5),
+    ("It names 3 facts and 2 places. Rating: [[6]]", 6.0), ("Rating: [[11]]", None), ("Rating: 0", None),
+    ("no rating here", None), ("", None),
+])
+def test_parse_rating(text, want):
+    assert parse_rating(text) == want
+
+
+def test_judge_prompts_hold_the_profile_only_where_they_should():
+    rec = load_sample()[0]
+    name = rec.context.profile["Name"]
+    with_p = judge_messages(rec, "Hello.", "overall")[1]["content"]
+    assert name in with_p and rec.instruction.strip() in with_p and "Rating: [[" in with_p
+    assert name in judge_messages(rec, "Hello.", "personalization")[1]["content"]
+    assert name not in judge_messages(rec, "Hello.", "overall_noprofile")[1]["content"]
+    with pytest.raises(ValueError):
+        judge_messages(rec, "x", "style")
+
+
+class _JudgeHandler(BaseHTTPRequestHandler):
+    calls: list[dict] = []
+
+    def log_message(self, *a):
+        pass
+
+    def _send(self, obj: dict) -> None:
+        data = json.dumps(obj).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self._send({"object": "list", "data": [{"id": "judge-model"}]})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).calls.append(body)
+        text = "Personal and clear. Rating: [[8]]" if "PERSONALIZED" in body["messages"][1]["content"] else "7/10"
+        self._send({"choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]})
+
+
+@pytest.fixture()
+def judge_server():
+    """A minimal OpenAI-compatible judge over real HTTP on 127.0.0.1 (deterministic ratings)."""
+    _JudgeHandler.calls = []
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _JudgeHandler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}", _JudgeHandler.calls
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_judge_over_http_is_cached_on_disk(judge_server, tmp_path):
+    url, calls = judge_server
+    rec = load_sample()[1]
+    j = Judge(url, cache_dir=tmp_path / "cache")
+    first = j.judge_all(rec, "A reply.")
+    assert {a: first[a].rating for a in ASPECTS} == {"overall": 7.0, "personalization": 8.0, "overall_noprofile": 7.0}
+    assert len(calls) == 3 and calls[0]["model"] == "judge-model" and calls[0]["temperature"] == 0.0
+    again = Judge(url, cache_dir=tmp_path / "cache").judge_all(rec, "A reply.")
+    assert len(calls) == 3 and all(x.cached for x in again.values())
+    assert {a: again[a].rating for a in ASPECTS} == {a: first[a].rating for a in ASPECTS}
+    Judge(url, model="another-judge", cache_dir=tmp_path / "cache").judge(rec, "A reply.", "overall")
+    assert len(calls) == 4  # the judge model is part of the cache key
