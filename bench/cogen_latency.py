@@ -69,7 +69,8 @@ def run_one(model, fuser, lp, cp, cloud, block: bool, tokens: int, rtt_ms: float
         "tokens": len(r.tokens), "wall_s": round(wall, 3), "tok_s": round(len(r.tokens) / wall, 2),
         "round_trips": r.round_trips, "round_trips_per_token": round(r.round_trips_per_token, 4),
         "cloud_s": round(r.cloud_s, 3), "cloud_compute_s": round(cloud_compute, 3),
-        "local_forward_s": round(r.local_s, 3), "wall_instant_cloud_s": round(instant, 3),
+        "local_forward_s": round(r.local_s, 3), "prefill_s": round(r.prefill_s, 3),
+        "wall_instant_cloud_s": round(instant, 3),
         "drafts_proposed": r.drafts_proposed, "drafts_accepted": r.drafts_accepted,
         "acceptance": round(r.drafts_accepted / r.drafts_proposed, 3) if r.drafts_proposed else None,
         "mean_draft_k": round(sum(r.draft_k_history) / len(r.draft_k_history), 2) if r.draft_k_history else None,
@@ -106,13 +107,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--local-cloud", action="store_true", help="in-process LocalCloud + sleep instead of HTTP")
     p.add_argument("--quick", action="store_true", help="64 tokens, RTT 50 only")
+    p.add_argument("--log-server", action="store_true", help="keep the server's per-request log lines")
     p.add_argument("--out", default=str(RESULTS / "cogen_latency"))
     a = p.parse_args(argv)
     if a.quick:
         a.tokens, a.rtt = 64, [50]
 
+    import logging
+
     import cogenesis.runtime as rt
+
     from cogenesis.fusion import Fuser
+
+    if not a.log_server:
+        logging.getLogger("cogenesis.cloud.server").setLevel(logging.WARNING)
 
     model = rt.load(a.bundle, threads=a.threads)
     try:
@@ -123,11 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     _, lp, cp = _prompt(model)
     print(f"prompt: local {len(lp)} tokens (with context), cloud {len(cp)} tokens (without); reply {a.tokens} tokens")
     rows = []
-    base = run_one(model, fuser, lp, cp, None, False, a.tokens, 0)
-    base.update(mode="local-only")
-    rows.append(base)
-    print(f"  local-only: {base['wall_s']:.1f}s ({base['tok_s']} tok/s)")
     for rtt in a.rtt:
+        # a fresh local-only baseline next to each RTT's runs: the shared machine's speed drifts
+        base = run_one(model, fuser, lp, cp, None, False, a.tokens, rtt)
+        base.update(mode="local-only")
+        rows.append(base)
+        print(f"  local-only       (baseline for rtt {rtt:.0f}): {base['wall_s']:.1f}s ({base['tok_s']} tok/s)")
         server = None
         if a.local_cloud:
             mk = lambda rtt=rtt: _SleepCloud(model, rtt)  # noqa: E731
@@ -175,7 +184,8 @@ def to_markdown(out: dict) -> str:
         f"Cloud: {out['cloud']}. Prompt: {out['prompt_tokens']['local']} tokens on the edge (with context), "
         f"{out['prompt_tokens']['cloud']} for the cloud. Greedy, fixed length. Machine: {out['machine']['platform']}, "
         f"{out['machine']['threads']} threads. The cloud computes on the same CPU here; *instant cloud* = wall minus "
-        "the cloud's compute (RTT and HTTP overhead kept).",
+        "the cloud's compute (RTT and HTTP overhead kept). Each RTT group has its own local-only baseline run "
+        "(the shared machine's speed drifts); wall times include the prompt prefill.",
         "",
         "| mode | RTT ms | wall s | x local | instant cloud s | x local | round trips | per token | draft acceptance |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",

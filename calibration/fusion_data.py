@@ -76,11 +76,13 @@ def extract(
     n_tokens: int = 64,
     k: int = DEFAULT_K,
     progress: bool = True,
+    context_tokens: int | None = None,
 ) -> CalibrationSet:
     """Teacher-forced views for the first ``n_tokens`` reference tokens of each record (TaskRecord list).
 
     ``model``: the on-device EdgeModel (sees the context); ``cloud_model``: an EdgeModel standing in for the
     cloud (default: the same model, without the context). Both must share a tokenizer.
+    ``context_tokens`` bounds the rendered private context (default: the prompt builder's budget).
     """
     from cogenesis.data.prompts import with_context, without_context
 
@@ -93,7 +95,8 @@ def extract(
             continue
         n = len(ref)
         model.decoder.reset()
-        loc = log_softmax(model.decoder.forward(model.encode(with_context(r)) + ref, keep=n + 1)[:n])
+        local_msgs = with_context(r) if context_tokens is None else with_context(r, max_tokens=context_tokens)
+        loc = log_softmax(model.decoder.forward(model.encode(local_msgs) + ref, keep=n + 1)[:n])
         cloud_model.decoder.reset()
         cl = log_softmax(cloud_model.decoder.forward(cloud_model.encode(without_context(r)) + ref, keep=n + 1)[:n])
         for j, y in enumerate(ref):
@@ -117,7 +120,7 @@ def extract(
                    for key, v in cols.items()})
     meta = {
         "n_tokens": n_tokens, "k": k, "records": len(records), "positions": len(cols["target"]),
-        "local_model": model.manifest["model"].get("name"), "cloud_model": cloud_model.manifest["model"].get("name"),
+        "context_tokens": context_tokens, "local_model": model.manifest["model"].get("name"), "cloud_model": cloud_model.manifest["model"].get("name"),
         "cloud_sees_context": False, "seconds": round(time.perf_counter() - t0, 1),
     }
     return CalibrationSet(arrays, meta)

@@ -79,6 +79,8 @@ class ServerSettings:
     max_parallel: int = 2
     default_chat_max_tokens: int = 256
     served_model_name: str | None = None
+    # The Android demo's WebView page lives at this origin; browsers need CORS (preflight without auth) for it.
+    cors_origins: tuple[str, ...] = ("https://appassets.androidplatform.net",)
 
 
 class ApiError(Exception):
@@ -135,6 +137,11 @@ def create_app(model: str | Path | EdgeModel, api_key: str | None = None, allow_
     app = FastAPI(title="CoGenesis reference cloud server", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.cogenesis = state
     app.add_middleware(_Gate, state=state)
+    if cfg.cors_origins:  # added last = outermost: answers preflights before auth, as browsers require
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(cfg.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["authorization", "content-type", "x-session-id"])
     _routes(app, state)
     return app
 

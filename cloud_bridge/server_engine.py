@@ -197,13 +197,13 @@ class Engine:
             out.append(tok)
             if lp is not None:
                 info.completion_logprobs.append(lp)
-            yield RunEvent(token=tok, logprobs=lp)
-            if req.stop:
+            if req.stop:  # checked before the token is announced, so a stream never shows the stop string
                 tail = self.model.tokenizer.decode(out[-(max_stop + 8):], skip_special_tokens=True)
                 hit = next((s for s in req.stop if s in tail), None)
                 if hit is not None:
                     yield RunEvent(finish_reason="stop", stop_reason=hit)
                     return
+            yield RunEvent(token=tok, logprobs=lp)
             if step + 1 == req.max_tokens:
                 break
             logits = self._forward(dec, [tok], 1)[-1]

@@ -177,6 +177,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_audit)
 
+    p = sub.add_parser("write", help="write with your private context: --mode local | sketch | logits | logits-block")
+    from cogenesis.write import add_write_arguments, write_from_args
+
+    add_write_arguments(p)
+    p.set_defaults(func=write_from_args)
+
+    cloud = sub.add_parser("cloud", help="the reference cloud server (OpenAI-compatible API with vLLM extensions)")
+    csub = cloud.add_subparsers(dest="cloud_cmd", metavar="SUBCOMMAND")
+    p = csub.add_parser("serve", help="serve a bundle over HTTP for development, tests, demos, small setups")
+    from cogenesis.cloud_bridge.server_cli import add_serve_arguments, serve_from_args
+
+    add_serve_arguments(p)
+    p.set_defaults(func=serve_from_args)
+
     from cogenesis.data.cli import add_data_parser
 
     add_data_parser(sub)

@@ -257,6 +257,7 @@ class CogenResult:
     wall_s: float = 0.0
     cloud_s: float = 0.0  # time inside cloud requests (network + cloud compute)
     local_s: float = 0.0  # time in local forward passes
+    prefill_s: float = 0.0  # of which the prompt
 
     @property
     def round_trips_per_token(self) -> float:
@@ -356,7 +357,7 @@ def cogenerate(
     t_start = time.perf_counter()
     loc = _Local(decoder)
     logits = _prefill(decoder, loc, [int(t) for t in local_prompt_ids])
-    res = CogenResult("", [], [], 0, "logits-block" if block else "logits", fuser.rule)
+    res = CogenResult("", [], [], 0, "logits-block" if block else "logits", fuser.rule, prefill_s=loc.s)
     gen = res.tokens
     alive = cloud is not None
     cloud_ema: float | None = None

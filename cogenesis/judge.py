@@ -24,53 +24,62 @@ from pathlib import Path
 
 import requests
 
-from cogenesis.data.prompts import render_context
 from cogenesis.data.records import TaskRecord
 
 ASPECTS = ("overall", "personalization", "overall_noprofile")
 API_KEY_ENVS = ("COGENESIS_JUDGE_API_KEY", "COGENESIS_CLOUD_API_KEY")
 DEFAULT_URL = "http://127.0.0.1:8000"
 
-JUDGE_SYSTEM = "You are a careful, impartial judge of writing quality. You follow the output format exactly."
-
 _FORMAT = (
-    "Begin with a short explanation (at most 3 sentences). Be as objective as possible. Then rate the response "
-    "on a scale of 1 to 10, strictly in this format: \"Rating: [[N]]\", for example \"Rating: [[5]]\"."
+    "Start with a brief explanation and stay as objective as possible. After the explanation, rate the response "
+    "on a scale of 1 to 10, strictly in this format: \"[[rating]]\", e.g. \"Rating: [[5]]\"."
 )
+_CONTEXT = "[User Profile and Writing History]\n{context}\n\n"
+_QA = "[Question]\n{question}\n\n[The Start of Assistant's Answer]\n{answer}\n[The End of Assistant's Answer]"
 
 PROMPTS = {
+    # the paper's three judge prompts (same sections, criteria and output format), in our words
     "overall": (
-        "Please act as an impartial judge and evaluate the quality of the response an AI assistant wrote for the "
-        "user described below. Consider helpfulness, relevance, accuracy, depth, creativity, level of detail, "
-        "and how well it uses the user's profile and matches their writing history.\n\n"
-        "[User Profile and Writing History]\n{context}\n\n[Task]\n{instruction}\n\n"
-        "[The Start of the Response]\n{answer}\n[The End of the Response]\n\n" + _FORMAT
+        "[Instruction]\nYou are an impartial evaluator. Judge the quality of the AI assistant's response to the user "
+        "question below, above all how well it fits the user's personal profile and writing history: faithfulness "
+        "to the user's own style, consistency with the profile, helpfulness, relevance, accuracy, depth, "
+        "creativity and level of detail. " + _FORMAT + "\n\n" + _CONTEXT + _QA
     ),
     "personalization": (
-        "Please act as an impartial judge and evaluate how PERSONALIZED the response an AI assistant wrote for "
-        "the user described below is: does it use the user's own details correctly where they matter, and does "
-        "it sound like the user's past writings (voice, tone, style)? A generic text that could be for anyone "
-        "deserves a low rating; a wrong or invented personal detail lowers the rating.\n\n"
-        "[User Profile and Writing History]\n{context}\n\n[Task]\n{instruction}\n\n"
-        "[The Start of the Response]\n{answer}\n[The End of the Response]\n\n" + _FORMAT
+        "[Instruction]\nYou are an impartial judge. Judge the AI assistant's response only for its PERSONALIZATION: "
+        "how closely it matches the user's personal profile and writing history: the user's distinctive style, "
+        "preferences and consistency with the profile, and how well it serves this user's individual needs and "
+        "interests. " + _FORMAT + "\n\n" + _CONTEXT + _QA
     ),
     "overall_noprofile": (
-        "Please act as an impartial judge and evaluate the quality of the response an AI assistant wrote for "
-        "the task below. Consider helpfulness, relevance, accuracy, depth, creativity and level of detail.\n\n"
-        "[Task]\n{instruction}\n\n"
-        "[The Start of the Response]\n{answer}\n[The End of the Response]\n\n" + _FORMAT
+        "[Instruction]\nYou are an impartial judge. Judge the quality of the AI assistant's response to the user "
+        "question below, considering helpfulness, relevance, accuracy, depth, creativity and level of detail. "
+        + _FORMAT + "\n\n" + _QA
     ),
 }
 
 
-def judge_messages(record: TaskRecord, answer: str, aspect: str, context_tokens: int = 1300) -> list[dict]:
-    """The chat messages asking for one judgment of ``answer`` to ``record``."""
+def render_judge_context(record: TaskRecord, max_chars_per_text: int | None = None) -> str:
+    """The profile block and every past writing (``Task: ...`` / ``Content: ...``), as the paper's judge sees them."""
+    from cogenesis.data.records import render_profile_block
+
+    parts = [render_profile_block(record.context.profile)] if record.context.profile else []
+    for h in record.context.history:
+        text = h.text if max_chars_per_text is None else h.text[:max_chars_per_text]
+        parts.append(f"Task: {h.title}\nContent: {text}")
+    parts += [f"Private note: {t}" for t in record.context.private if t.strip()]
+    return "\n".join(parts)
+
+
+def judge_messages(record: TaskRecord, answer: str, aspect: str,
+                   max_chars_per_text: int | None = None) -> list[dict]:
+    """The single user message asking for one judgment of ``answer`` to ``record`` (as the paper sends it)."""
     if aspect not in PROMPTS:
         raise ValueError(f"aspect must be one of {', '.join(ASPECTS)}; got {aspect!r}")
-    ctx = render_context(record.context, max_tokens=context_tokens) if aspect != "overall_noprofile" else ""
-    user = PROMPTS[aspect].format(context=ctx or "(none)", instruction=record.instruction.strip(),
+    ctx = render_judge_context(record, max_chars_per_text) if aspect != "overall_noprofile" else ""
+    user = PROMPTS[aspect].format(context=ctx or "(none)", question=record.instruction.strip(),
                                   answer=answer.strip() or "(empty)")
-    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
+    return [{"role": "user", "content": user}]
 
 
 # ---- rating parsing ----------------------------------------------------------------------------------------

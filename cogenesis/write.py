@@ -232,3 +232,75 @@ def _reason(e: Exception) -> str:
 
 def _detok(model: EdgeModel) -> Callable[[list[int]], str]:
     return lambda ids: model.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+
+# ---- command line (`cogenesis write`) --------------------------------------------------------------------------
+
+
+def add_write_arguments(p) -> None:
+    """The options of `cogenesis write`."""
+    import os
+
+    p.add_argument("--bundle", required=True, help="on-device bundle directory")
+    p.add_argument("--prompt", required=True, help="the instruction")
+    p.add_argument("--context", default=None, help="private context JSON (profile + writing history); stays local")
+    p.add_argument("--mode", default="local", choices=available_modes(),
+                   help="local: on-device only; sketch: the cloud outlines the sanitized instruction")
+    p.add_argument("--cloud-url", default=os.environ.get("COGENESIS_CLOUD_URL"),
+                   help="OpenAI-compatible server (cogenesis cloud serve, or vLLM); default $COGENESIS_CLOUD_URL")
+    p.add_argument("--api-key", default=None, help="cloud API key (default $COGENESIS_CLOUD_API_KEY)")
+    p.add_argument("--guard", choices=["strict", "audit"], default="strict",
+                   help="strict: refuse any request that carries private context (default)")
+    p.add_argument("--audit-log", default=None, help="append one JSON line per outbound request")
+    p.add_argument("--no-sanitize", action="store_true", help="send the instruction as typed (the guard still checks)")
+    p.add_argument("--timeout", type=float, default=60.0, help="cloud read timeout in seconds")
+    p.add_argument("--retries", type=int, default=2, help="retries on 429/5xx/timeouts")
+    p.add_argument("--sketch-max-tokens", type=int, default=320, help="outline length the cloud may write")
+    p.add_argument("--max-tokens", type=int, default=256, help="maximum new tokens on the device")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="penalize tokens already in the reply (1 = off; 1.2 keeps a 135M model out of loops)")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    p.add_argument("--json", action="store_true", help="print the whole result as JSON instead of streaming text")
+
+
+def write_from_args(a) -> int:
+    """Run `cogenesis write`: stream the text to stdout, a summary (fallback, sanitizer changes) to stderr."""
+    import json
+    import sys
+    from dataclasses import asdict
+
+    import cogenesis.runtime as rt
+    from cogenesis.cloud_bridge.client import CloudClient
+
+    model = rt.load(a.bundle, threads=a.threads)
+    ctx = PrivateContext.load(a.context) if a.context else PrivateContext()
+    client = guard = None
+    if a.cloud_url:
+        guard = EgressGuard(ctx, mode=a.guard, audit_log=a.audit_log, detokenize=_detok(model))
+        client = CloudClient(a.cloud_url, api_key=a.api_key, guard=guard, timeout=(3.05, a.timeout), retries=a.retries)
+    opts = {"max_tokens": a.sketch_max_tokens} if a.mode == "sketch" else {}
+    cb = None if a.json else (lambda s: print(s, end="", flush=True))
+    r = write(a.prompt, ctx, model, mode=a.mode, client=client, sanitize=not a.no_sanitize, stream_cb=cb,
+              guard=guard, mode_options=opts, max_new_tokens=a.max_tokens, temperature=a.temperature,
+              top_k=a.top_k, top_p=a.top_p, seed=a.seed,
+              **({"repetition_penalty": a.repetition_penalty} if a.repetition_penalty != 1.0 else {}))
+    if a.json:
+        print(json.dumps(asdict(r), ensure_ascii=False, indent=2, default=str))
+        return 0
+    print(flush=True)
+    err = sys.stderr
+    print(f"[mode: {r.mode_used}" + (f" (asked: {r.mode})" if r.mode_used != r.mode else "")
+          + f", cloud requests: {r.cloud_requests}, {r.timings.get('total_s', 0):.1f} s]", file=err)
+    if r.fallback:
+        print(f"[fallback: {r.fallback}]", file=err)
+    for orig, repl in r.changes:
+        print(f"[sanitized: {orig!r} -> {repl!r}]", file=err)
+    if r.outline:
+        print("[outline from the cloud:]", file=err)
+        for i, pt in enumerate(r.outline, 1):
+            print(f"  {i}. {pt}", file=err)
+    return 0

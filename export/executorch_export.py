@@ -149,6 +149,7 @@ def _build_module(hf_dir: Path, max_seq_len: int):
             emb = torch.cat((f, f), dim=-1)
             self.register_buffer("rope_cos", emb.cos(), persistent=False)
             self.register_buffer("rope_sin", emb.sin(), persistent=False)
+            self.all_logits = False  # evaluation only (eager): logits for every position instead of the last
 
         def forward(self, tokens, input_pos):
             s = tokens.shape[1]
@@ -161,7 +162,7 @@ def _build_module(hf_dir: Path, max_seq_len: int):
             h = self.model.embed_tokens(tokens)
             for layer in self.model.layers:
                 h = layer(h, cos, sin, start)
-            h = self.model.norm(h[:, -1, :])
+            h = self.model.norm(h if self.all_logits else h[:, -1, :])
             return self.lm_head(h)
 
     from safetensors.torch import load_file

@@ -273,7 +273,7 @@ def test_real_block_greedy_equals_per_step_over_20_prompts(edge_model):
         fz = rules[i % len(rules)]
         kw = dict(max_new_tokens=16, stop_ids=m.stop_ids)
         ref = cogenerate(m.decoder, lp, cloud, cp, fz, **kw)
-        for cfg in (configs[i % 3], configs[(i + 1) % 3]):
+        for cfg in (configs[i % 3],):  # each config on 6-7 prompts (a second config per prompt doubles the time)
             got = cogenerate(m.decoder, lp, cloud, cp, fz, block=True, draft_k_max=8, **kw, **cfg)
             assert got.tokens == ref.tokens, (i, fz.rule, cfg, m.decode(ref.tokens), m.decode(got.tokens))
             assert got.round_trips <= ref.round_trips
@@ -289,7 +289,7 @@ def test_real_cloud_dies_and_privacy_guard(edge_model):
     # the cloud dies after 3 requests: the reply is finished locally and the fallback is reported
     for block in (False, True):
         r = write_logits(instruction, None, m, LocalCloud(m, fail_after=3), block=block, rule="mean",
-                         max_new_tokens=20, local_messages=loc_msgs)
+                         max_new_tokens=20, local_messages=loc_msgs, draft_k=2, adapt_k=False)
         assert r.round_trips == 3 and r.fallback["reason"] == "cloud_error"
         assert len(r.tokens) == 20 or r.stop_reason == "stop_token"
         assert r.text

@@ -64,13 +64,14 @@ def test_extract_matches_the_model(edge_model):
 
     m = edge_model
     r = load_sample()[0]
-    cs = extract([r], m, n_tokens=6, progress=False)
+    cs = extract([r], m, n_tokens=6, progress=False, context_tokens=80)
     assert len(cs) == 6 and cs.features().shape == (6, N_FEATURES)
     ref = m.encode(r.reference)[:6]
     a = cs.arrays
     assert a["target"].tolist() == ref
-    lp = log_softmax(m.logits(m.encode(with_context(r)) + ref))
-    n0 = len(m.encode(with_context(r))) - 1
+    local_ids = m.encode(with_context(r, max_tokens=80))
+    lp = log_softmax(m.logits(local_ids + ref))
+    n0 = len(local_ids) - 1
     np.testing.assert_allclose(a["lp_local"], [lp[n0 + j, y] for j, y in enumerate(ref)], atol=2e-3)
     lc = log_softmax(m.logits(m.encode(without_context(r)) + ref))
     c0 = len(m.encode(without_context(r))) - 1

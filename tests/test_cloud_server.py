@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -223,6 +224,10 @@ def test_prefix_cache_reuses_tokens_and_matches_cold(server, int4_model):
     other = _post(server.url, "/v1/completions", {**body, "prompt": ids[:20] + [int(ids[25])]},
                   **{"X-Session-Id": "grow"}).json()
     assert other["usage"]["prompt_tokens_details"]["cached_tokens"] == 20
+    # the OpenAI `user` field keys a session too
+    for n, want in ((10, 0), (11, 10)):
+        d = _post(server.url, "/v1/completions", {**body, "prompt": ids[:n], "user": "user-7"}).json()
+        assert d["usage"]["prompt_tokens_details"]["cached_tokens"] == want
 
 
 def test_concurrent_sessions_match_sequential(server, int4_model):
@@ -325,3 +330,23 @@ def test_capture_has_exact_bytes_and_logs_are_json(server, caplog):
     for key in ("path", "status", "ms", "prompt_tokens", "completion_tokens", "cached_tokens", "session"):
         assert key in line
     assert line["status"] == 200 and line["path"] == "/v1/completions"
+
+
+def test_simulated_rtt_and_fault_count(int4_model):
+    app = create_app(int4_model, api_key=KEY, simulate_rtt_ms=300, fault="500", fault_count=1)
+    with serve_in_thread(app) as srv:
+        t0 = time.perf_counter()
+        assert requests.get(srv.url + "/health", timeout=10).status_code == 200
+        assert time.perf_counter() - t0 >= 0.3
+        assert _post(srv.url, "/v1/completions", {"prompt": "hi", "max_tokens": 1}).status_code == 500
+        assert _post(srv.url, "/v1/completions", {"prompt": "hi", "max_tokens": 1}).status_code == 200
+
+
+def test_completion_stream_with_stop_equals_non_stream(server):
+    for stop in ([" 7"], [", 6"]):
+        body = {"prompt": "1, 2, 3, 4,", "max_tokens": 12, "temperature": 0, "stop": stop}
+        plain = _post(server.url, "/v1/completions", body).json()["choices"][0]
+        r = requests.post(server.url + "/v1/completions", json={**body, "stream": True}, headers=_h(KEY), timeout=60)
+        chunks = [json.loads(x[6:]) for x in r.text.split("\n\n") if x.startswith("data: {")]
+        assert "".join(c["choices"][0]["text"] for c in chunks) == plain["text"]
+        assert plain["finish_reason"] == "stop" and chunks[-1]["choices"][0]["finish_reason"] == "stop"

@@ -129,10 +129,13 @@ def test_parse_rating(text, want):
 def test_judge_prompts_hold_the_profile_only_where_they_should():
     rec = load_sample()[0]
     name = rec.context.profile["Name"]
-    with_p = judge_messages(rec, "Hello.", "overall")[1]["content"]
+    msgs = judge_messages(rec, "Hello.", "overall")
+    with_p = msgs[0]["content"]
+    assert len(msgs) == 1 and msgs[0]["role"] == "user"
     assert name in with_p and rec.instruction.strip() in with_p and "Rating: [[" in with_p
-    assert name in judge_messages(rec, "Hello.", "personalization")[1]["content"]
-    assert name not in judge_messages(rec, "Hello.", "overall_noprofile")[1]["content"]
+    assert all(h.title in with_p and h.text[:200] in with_p for h in rec.context.history)
+    assert name in judge_messages(rec, "Hello.", "personalization")[0]["content"]
+    assert name not in judge_messages(rec, "Hello.", "overall_noprofile")[0]["content"]
     with pytest.raises(ValueError):
         judge_messages(rec, "x", "style")
 
@@ -157,7 +160,7 @@ class _JudgeHandler(BaseHTTPRequestHandler):
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).calls.append(body)
-        text = "Personal and clear. Rating: [[8]]" if "PERSONALIZED" in body["messages"][1]["content"] else "7/10"
+        text = "Personal and clear. Rating: [[8]]" if "PERSONALIZATION" in body["messages"][-1]["content"] else "7/10"
         self._send({"choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]})
 
 

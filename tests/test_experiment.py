@@ -35,7 +35,7 @@ class _Judge(BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        text = "Rating: [[8]]" if "PERSONALIZED" in body["messages"][1]["content"] else "Rating: [[7]]"
+        text = "Rating: [[8]]" if "PERSONALIZATION" in body["messages"][-1]["content"] else "Rating: [[7]]"
         self._send({"choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]})
 
 

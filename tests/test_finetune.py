@@ -79,7 +79,7 @@ def test_bad_base_and_existing_out(tmp_path):
 
 
 @pytest.mark.slow
-def test_lora_finetune_merges_exports_and_runs(tmp_path, hf_dir):
+def test_lora_finetune_merges_exports_and_runs(tmp_path, hf_dir, monkeypatch):
     import cogenesis.runtime as rt
     from cogenesis.export.pipeline import export_bundle
 
@@ -98,8 +98,15 @@ def test_lora_finetune_merges_exports_and_runs(tmp_path, hf_dir):
     assert [e["step"] for e in log] == [1, 2, 3, 4, 5] and all(e["tokens"] > 50 for e in log)
     info = json.loads((out / "finetune.json").read_text())
     assert info["method"] == "lora" and "q_proj" in info["lora"]["targets"]
-    assert "lora" not in (out / "model.safetensors").read_bytes()[:20000].decode("latin-1")  # merged, plain names
+    from safetensors import safe_open
 
+    with safe_open(str(out / "model.safetensors"), "pt") as f:  # merged: the base model's own tensor names
+        names = list(f.keys())
+    assert names and not [n for n in names if "lora" in n or "base_layer" in n]
+
+    # the exporter caches fp32 graphs per source folder: keep this one-off graph (~0.5 GB) out of the shared cache
+    (tmp_path / "cache").mkdir()
+    monkeypatch.setenv("COGENESIS_CACHE", str(tmp_path / "cache"))
     t0 = time.time()
     bundle = export_bundle(str(out), tmp_path / "bundle", quant="int4", new_tokens=4, progress=False)
     t_export = time.time() - t0

@@ -120,7 +120,6 @@ def test_demo_profile_leaks_no_canary(int4_model, server, cases, tmp_path):
 def _run(model, server, cases, tmp_path) -> None:
     rng = random.Random(1234)
     cap = server.state.settings.capture
-    sketched = 0
     for instruction, ctx in cases:
         planted, canaries, suffix = plant(ctx, rng)
         before = len(read_capture(cap))
@@ -133,15 +132,11 @@ def _run(model, server, cases, tmp_path) -> None:
         sent = read_capture(cap)[before:]
         assert not _leaks(sent, canaries), f"canaries reached the server: {_leaks(sent, canaries)}"
         assert not [c for c in canaries if c.lower() in r.sanitized_instruction.lower()]
-        assert r.text is not None
-        if r.mode_used == "sketch":
-            sketched += 1
-            assert any(rec["path"] == "/v1/chat/completions" for rec in sent)
-            assert all(not rec["blocked"] for rec in read_audit(audit))
-        else:  # the only acceptable reason not to sketch: the guard refused, so nothing was sent
-            assert "privacy guard" in (r.fallback or ""), r.fallback
-            assert not any(rec["path"] == "/v1/chat/completions" for rec in sent)
-    assert sketched >= max(1, len(cases) - 1), "sketch mode should run end to end on (nearly) every profile"
+        # the check is not vacuous: the sanitized request passed the strict guard and really reached the server
+        assert r.mode_used == "sketch" and r.fallback is None, r.fallback
+        assert r.outline and r.text is not None
+        assert any(rec["path"] == "/v1/chat/completions" for rec in sent)
+        assert all(not rec["blocked"] for rec in read_audit(audit))
 
 
 def test_guard_blocks_a_leaking_request_in_strict_mode(int4_model, server, cases, tmp_path):
