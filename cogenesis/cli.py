@@ -191,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_arguments(p)
     p.set_defaults(func=serve_from_args)
 
+    from cogenesis.experiment import add_experiment_parser
+    from cogenesis.finetune import add_finetune_parser
+
+    add_finetune_parser(sub)
+    add_experiment_parser(sub)
+
     from cogenesis.data.cli import add_data_parser
 
     add_data_parser(sub)

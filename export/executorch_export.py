@@ -35,10 +35,18 @@ from pathlib import Path
 
 import numpy as np
 
-QUANTS = ("fp32", "8da4w")
+QUANTS = ("fp32", "8da4w", "8da4w-gguf")
 DEFAULT_GROUP_SIZE = 32
 DEFAULT_MAX_SEQ_LEN = 2048
 SUPPORTED = ("llama",)
+SCHEMES = {
+    "fp32": "fp32",
+    "8da4w": "8da4w: int4 weights (group {g}, symmetric, HQQ scales) x int8 dynamic per-token activations for "
+             "every linear incl. lm_head; embedding int8 per row",
+    "8da4w-gguf": "8da4w on the GGUF's own Q4_1 codes (group 32, zero point folded into an exact fp32 block-sum "
+                  "term) x int8 dynamic per-token activations; lm_head int8 per channel (8da8w); embedding = GGUF "
+                  "Q8_0 codes",
+}
 RUNTIME_IMPORTS = ("executorch.extension.llm.custom_ops.custom_ops", "executorch.kernels.quantized")
 
 
@@ -185,7 +193,101 @@ def _build_module(hf_dir: Path, max_seq_len: int):
     return m, cfg
 
 
-def _export_in_process(hf_dir: Path, out: Path, quant: str, group_size: int, max_seq_len: int) -> dict:
+def gguf_source(hf_dir: Path) -> Path | None:
+    """The GGUF an HF folder was converted from (default_model.gguf_to_hf writes source.json), if still present."""
+    f = hf_dir / "source.json"
+    if f.is_file():
+        g = Path(json.loads(f.read_text()).get("gguf", ""))
+        if g.is_file():
+            return g
+    return None
+
+
+def _apply_gguf_codes(model, gguf_path: Path) -> dict:
+    """8da4w on the GGUF file's own codes instead of re-quantizing its dequantized weights.
+
+    Q4_1 block: w = d*q + m = d*(q - 8) + (m + 8d). The first term is a symmetric int4 weight with scale d per
+    group of 32: exactly XNNPACK's qb4w (8-bit dynamic per-token activations x 4-bit group weights). The second
+    is sum_blocks (m + 8d) * blocksum(x): a small fp32 linear [K/32 -> N] on the block sums of x (exact). So the
+    weights are the GGUF's exactly; the only approximation left is the int8 per-token activation. The tied Q8_0
+    embedding is gathered from its own codes (int8, scale per group of 32); lm_head is int8 per channel x int8
+    dynamic activations (XNNPACK has no 8-bit group kernel)."""
+    import numpy as np
+    import torch
+    from torch import nn
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+    from torchao.quantization.granularity import PerAxis
+    from torchao.quantization.quantize_.workflows.intx.intx_unpacked_to_int8_tensor import (
+        IntxUnpackedToInt8Tensor,
+        IntxUnpackedToInt8TensorActivationQuantization,
+    )
+
+    from .gguf_codes import BLOCK, llama_unpermute_rows
+    from .gguf_exact import read_gguf
+
+    codes, hp = read_gguf(str(gguf_path))
+    if hp["arch"] != "llama":
+        raise ValueError(f"8da4w-gguf supports llama GGUF files, got {hp['arch']!r}")
+
+    class GgufQ4Linear(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            n, k = c.q.shape
+            self.nb = k // BLOCK
+            self.lin = nn.Linear(k, n, bias=False)
+            w = IntxUnpackedToInt8Tensor(
+                torch.from_numpy((c.q.astype(np.int16) - 8).astype(np.int8)), torch.from_numpy(c.d.astype(np.float32)),
+                torch.zeros(c.d.shape, dtype=torch.int8), torch.int4, (1, BLOCK), torch.float32,
+                IntxUnpackedToInt8TensorActivationQuantization.INT8_ASYM_PER_TOKEN)
+            self.lin.weight = nn.Parameter(w, requires_grad=False)
+            self.corr = nn.Linear(self.nb, n, bias=False)
+            self.corr.weight = nn.Parameter(torch.from_numpy((c.m + 8.0 * c.d).astype(np.float32)), requires_grad=False)
+
+        def forward(self, x):
+            return self.lin(x) + self.corr(x.unflatten(-1, (self.nb, BLOCK)).sum(-1))
+
+    names = {"attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj",
+             "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+    replaced, worst = 0, 0.0
+    for i in range(hp["n_layer"]):
+        b, pre = f"blk.{i}.", f"model.layers.{i}."
+        todo = {"self_attn.q_proj": codes[b + "attn_q.weight"].take_rows(
+                    llama_unpermute_rows(codes[b + "attn_q.weight"].q.shape[0], hp["n_head"])),
+                "self_attn.k_proj": codes[b + "attn_k.weight"].take_rows(
+                    llama_unpermute_rows(codes[b + "attn_k.weight"].q.shape[0], hp["n_kv"]))}
+        todo |= {hf: codes[b + g + ".weight"] for g, hf in names.items()}
+        for name, c in todo.items():
+            if c.kind != "Q4_1":
+                raise ValueError(f"{b}{name}: GGUF type {c.kind}; 8da4w-gguf needs Q4_1 layers (use --quant 8da4w)")
+            parent, attr = (pre + name).rsplit(".", 1)
+            mod = model.get_submodule(parent)
+            ref = getattr(mod, attr).weight.detach().numpy()
+            diff = float(np.abs(c.dequantize() - ref).max())
+            if diff > 1e-5 * float(np.abs(ref).max()):
+                raise ValueError(f"{pre}{name}: GGUF codes differ from the HF weights by {diff:g}; wrong GGUF file?")
+            worst = max(worst, diff)
+            setattr(mod, attr, GgufQ4Linear(c))
+            replaced += 1
+    emb = codes.get("token_embd.weight")
+    emb_scheme = "int8 per row (re-quantized)"
+    if emb is not None and emb.kind == "Q8_0":
+        w = IntxUnpackedToInt8Tensor(torch.from_numpy(emb.q.astype(np.int8)), torch.from_numpy(emb.d.astype(np.float32)),
+                                     torch.zeros(emb.d.shape, dtype=torch.int8), torch.int8, (1, BLOCK),
+                                     torch.float32, None)
+        model.model.embed_tokens.weight = nn.Parameter(w, requires_grad=False)
+        emb_scheme = "GGUF Q8_0 codes (int8, group 32): exact"
+    else:
+        from executorch.extension.llm.export.quantize import quantize_model_
+
+        quantize_model_(model, qembedding_config="8w", qembedding_group_size=0)
+    quantize_(model, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0)),
+              filter_fn=lambda m, fqn: fqn == "lm_head")
+    return {"gguf": gguf_path.name, "linears_from_gguf_codes": replaced, "max_weight_abs_diff_vs_hf": worst,
+            "embedding": emb_scheme, "lm_head": "int8 per channel x int8 dynamic per-token activations"}
+
+
+def _export_in_process(hf_dir: Path, out: Path, quant: str, group_size: int, max_seq_len: int,
+                       gguf: Path | None = None) -> dict:
     import executorch.kernels.quantized  # noqa: F401  (out variants of the quantized ops, for to_executorch)
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
@@ -198,12 +300,18 @@ def _export_in_process(hf_dir: Path, out: Path, quant: str, group_size: int, max
 
     t0 = time.time()
     torch.manual_seed(0)
+    gguf_facts = None
     model, cfg = _build_module(hf_dir, max_seq_len)
     if quant == "8da4w":
         from executorch.extension.llm.export.quantize import quantize_model_
 
         quantize_model_(model, qlinear_config="8da4w", qlinear_group_size=group_size, qembedding_config="8w",
                         qembedding_group_size=0)
+    elif quant == "8da4w-gguf":
+        gguf = gguf or gguf_source(hf_dir)
+        if gguf is None:
+            raise ValueError(f"--quant 8da4w-gguf needs the GGUF source of {hf_dir} (export from a .gguf or use 8da4w)")
+        gguf_facts = _apply_gguf_codes(model, Path(gguf))
     elif quant != "fp32":
         raise ValueError(f"ExecuTorch quant must be one of {QUANTS}, got {quant!r}")
     example = (torch.tensor([[1, 2, 3]], dtype=torch.long), torch.tensor([0], dtype=torch.long))
@@ -231,10 +339,9 @@ def _export_in_process(hf_dir: Path, out: Path, quant: str, group_size: int, max
         "bytes": out.stat().st_size,
         "backend": "xnnpack",
         "quant": quant,
-        "scheme": ("fp32" if quant == "fp32" else
-                   f"8da4w: int4 weights (group {group_size}, symmetric, hqq scales) x int8 dynamic per-token "
-                   "activations for every linear incl. lm_head; embedding int8 per row"),
-        "group_size": group_size if quant != "fp32" else None,
+        "scheme": SCHEMES[quant].format(g=group_size),
+        "gguf_codes": gguf_facts,
+        "group_size": (32 if quant == "8da4w-gguf" else group_size) if quant != "fp32" else None,
         "max_seq_len": max_seq_len,
         "kv_cache": "static in-graph [1, max_seq_len, kv_heads, head_dim] (llama::update_cache, llama::custom_sdpa)",
         "inputs": [{"name": "tokens", "dtype": "int64", "shape": [1, "seq"]},
@@ -276,6 +383,8 @@ def _source_key(hf_dir: Path) -> str:
     h = hashlib.sha256(str(hf_dir.resolve()).encode() + (hf_dir / "config.json").read_bytes())
     for f in sorted(hf_dir.glob("*.safetensors")):
         h.update(f"{f.name}:{f.stat().st_size}:{int(f.stat().st_mtime)}".encode())
+    if (hf_dir / "source.json").is_file():  # the GGUF it came from (its sha256): 8da4w-gguf reads its codes
+        h.update((hf_dir / "source.json").read_bytes())
     return h.hexdigest()[:12]
 
 
@@ -443,14 +552,17 @@ def export_executorch_bundle(model: str | None, out: str | Path, quant: str = "8
     from .pipeline import _chat_template, _special_tokens, _tool_versions, resolve_source
     from .targets import budget_check, get_target
 
+    src = resolve_source(model)
+    if quant in ("int4", "auto"):  # the device profiles' default: the faithful int4 for GGUF sources
+        quant = "8da4w-gguf" if gguf_source(src.hf_dir) else "8da4w"
     if quant not in QUANTS:
-        raise ValueError(f"--quant for --format executorch must be one of {QUANTS}, got {quant!r}")
+        raise ValueError(f"--quant for --format executorch must be one of {QUANTS} (or int4 = the best of them "
+                         f"for this source), got {quant!r}")
     tgt = get_target(target)
     out = Path(out)
     if out.exists() and not force:
         raise BundleError(f"{out} already exists; pass --force to replace it, or choose another --out")
     t0 = time.time()
-    src = resolve_source(model)
     if progress:
         print(f"[executorch] exporting {src.name} ({quant}); cached after the first time", file=sys.stderr)
     pte, facts = cached_pte(src.hf_dir, quant, group_size, max_seq_len)

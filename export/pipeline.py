@@ -59,6 +59,7 @@ def _fp32_cached(hf_dir: Path) -> Path:
     key += f"-{st.stat().st_size if st.exists() else 0}-{int(st.stat().st_mtime) if st.exists() else 0}"
     path = cache_dir() / "fp32-graphs" / key / "model.onnx"
     if not path.is_file():
+        cache_dir().mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix="fp32-", dir=cache_dir()))
         try:
             model = export_fp32(hf_dir, tmp)
