@@ -263,6 +263,11 @@ def add_write_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--repetition-penalty", type=float, default=1.0,
                    help="penalize tokens already in the reply (1 = off; 1.2 keeps a 135M model out of loops)")
+    p.add_argument("--rule", default=None, choices=["learned", "mean", "max", "weight", "local", "cloud"],
+                   help="logits modes: how to fuse local and cloud next-token distributions (default learned)")
+    p.add_argument("--schedule", default=None, metavar="P,K,T",
+                   help="logits modes: fuse the first P steps, then T of every K+T steps (P,0,0 = first P only)")
+    p.add_argument("--draft-k", type=int, default=None, help="logits-block: initial number of local drafts per request")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
     p.add_argument("--json", action="store_true", help="print the whole result as JSON instead of streaming text")
 
@@ -283,6 +288,12 @@ def write_from_args(a) -> int:
         guard = EgressGuard(ctx, mode=a.guard, audit_log=a.audit_log, detokenize=_detok(model))
         client = CloudClient(a.cloud_url, api_key=a.api_key, guard=guard, timeout=(3.05, a.timeout), retries=a.retries)
     opts = {"max_tokens": a.sketch_max_tokens} if a.mode == "sketch" else {}
+    if a.mode.startswith("logits"):
+        from cogenesis.fusion import Schedule
+
+        opts = {k: v for k, v in {"rule": a.rule, "draft_k": a.draft_k if a.mode == "logits-block" else None,
+                                  "schedule": Schedule.parse(a.schedule) if a.schedule else None}.items()
+                if v is not None}
     cb = None if a.json else (lambda s: print(s, end="", flush=True))
     r = write(a.prompt, ctx, model, mode=a.mode, client=client, sanitize=not a.no_sanitize, stream_cb=cb,
               guard=guard, mode_options=opts, max_new_tokens=a.max_tokens, temperature=a.temperature,

@@ -23,8 +23,9 @@ def _export_code_key() -> str:
 
 def _bundle(quant: str) -> Path:
     """Export the default model at `quant` once per version of the export code (cached across runs)."""
-    from cogenesis.bundle import BundleError, verify_bundle
     from cogenesis.export.pipeline import export_bundle
+
+    from cogenesis.bundle import BundleError, verify_bundle
 
     out = Path(os.environ["COGENESIS_CACHE"]) / "test-bundles" / f"smollm2-{quant}-{_export_code_key()}"
     try:

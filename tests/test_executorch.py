@@ -1,13 +1,16 @@
 """ExecuTorch export: the .pte (XNNPACK, custom SDPA + static KV cache ops) against transformers eager.
 
-The .pte exports are minutes of CPU each; they are cached under $COGENESIS_CACHE/executorch per source model,
-options and version of export/executorch_export.py (+ executorch/torch/torchao versions), so only the first run
-pays. fp32 must match eager exactly (greedy tokens identical); 8da4w is measured and bounded.
+The .pte exports take minutes of CPU each (fp32 ~3-4 min, each 4-bit one ~12 min on 2 cores). They are cached
+under $COGENESIS_CACHE/executorch per source model, options and version of the export code (+ executorch/torch/
+torchao versions), so only the first run pays. The default run exports fp32 (the parity proof: greedy tokens
+identical to eager); the 4-bit .pte tests use the cache when it holds them and are skipped otherwise, unless
+COGENESIS_TEST_EXECUTORCH=all asks for the exports (`cogenesis export --format executorch` fills the same cache).
 """
 
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -35,9 +38,22 @@ def fp32_pte(hf_dir):
     return cached_pte(hf_dir, "fp32")
 
 
+def _quantized(hf_dir, quant):
+    got = cached_pte(hf_dir, quant, export_if_missing=os.environ.get("COGENESIS_TEST_EXECUTORCH") == "all")
+    if got is None:
+        pytest.skip(f"{quant} .pte not cached yet (~12 min CPU to export): run `cogenesis export --format executorch "
+                    f"--quant {quant} --out DIR` once, or set COGENESIS_TEST_EXECUTORCH=all")
+    return got
+
+
 @pytest.fixture(scope="module")
 def q_pte(hf_dir):
-    return cached_pte(hf_dir, "8da4w")
+    return _quantized(hf_dir, "8da4w")
+
+
+@pytest.fixture(scope="module")
+def qg_pte(hf_dir):
+    return _quantized(hf_dir, "8da4w-gguf")
 
 
 def test_fp32_pte_greedy_identical_to_eager(fp32_pte, refs):
@@ -67,23 +83,35 @@ def test_dynamic_prefill_chunks_and_rollback(fp32_pte, refs):
         dec.forward([1] * (fp32_pte[1]["max_seq_len"] - dec.length + 1))
 
 
-def test_8da4w_pte_size_speed_and_agreement(q_pte, fp32_pte, refs):
+def test_8da4w_stock_recipe_is_small_but_drifts(q_pte, fp32_pte, refs):
+    """ExecuTorch's stock 8da4w re-quantizes SmolLM2's (already Q4_1) weights: measured, not hidden."""
     pte, facts = q_pte
-    assert facts["quant"] == "8da4w" and facts["group_size"] == 32
-    assert pte.stat().st_size < 0.25 * fp32_pte[0].stat().st_size  # ~100 MB vs ~620 MB
+    assert facts["quant"] == "8da4w" and facts["group_size"] == 32 and "embedding_byte" in facts["non_delegated_ops"]
+    assert pte.stat().st_size < 0.2 * fp32_pte[0].stat().st_size  # ~101 MiB vs ~622 MiB
     p = pte_parity(PteDecoder(pte, threads=2), refs)
-    # re-quantizing the (already Q4_1) weights to int4 with int8 activations: close but not exact
-    assert p["teacher_forced_top1"] >= 0.8, p
-    assert p["mean_kl"] < 0.3, p
-    assert all(x["greedy_matching_prefix"] >= 1 for x in p["per_prompt"]), p["per_prompt"]
+    assert 0.5 <= p["teacher_forced_top1"] < 0.9, p  # measured 0.65 (64 tokens x 3 prompts)
+    assert p["mean_kl"] < 1.0, p
 
 
-def test_executorch_bundle(tmp_path, q_pte):
-    out = export_executorch_bundle(None, tmp_path / "et", quant="8da4w", target="android-arm64", new_tokens=8,
+def test_8da4w_gguf_keeps_the_gguf_codes(qg_pte, q_pte, refs):
+    """The same XNNPACK kernels on the GGUF's own codes: only the int8 activations approximate."""
+    pte, facts = qg_pte
+    g = facts["gguf_codes"]
+    assert g["linears_from_gguf_codes"] == 7 * 30 and g["max_weight_abs_diff_vs_hf"] == 0.0
+    assert "exact" in g["embedding"]
+    p = pte_parity(PteDecoder(pte, threads=2), refs)
+    stock = pte_parity(PteDecoder(q_pte[0], threads=2), refs)
+    assert p["teacher_forced_top1"] >= 0.85, p  # measured ~0.91 in eager simulation
+    assert p["mean_kl"] < 0.05, p
+    assert p["teacher_forced_top1"] > stock["teacher_forced_top1"] + 0.15 and p["mean_kl"] < stock["mean_kl"] / 5
+
+
+def test_executorch_bundle(tmp_path, qg_pte):
+    out = export_executorch_bundle(None, tmp_path / "et", quant="int4", target="android-arm64", new_tokens=8,
                                    prompts=PARITY_PROMPTS[:1], progress=False)
     m = verify_pte_bundle(out)
     assert m["executorch"]["file"] == "model.pte" and "model.pte" in m["files"] and "onnx" not in m
-    assert m["executorch"]["max_seq_len"] >= 1024 and m["quant"]["scheme"] == "executorch-8da4w"
+    assert m["executorch"]["max_seq_len"] >= 1024 and m["quant"]["scheme"] == "executorch-8da4w-gguf"
     rep = json.loads((out / "export_report.json").read_text())
     assert rep["budget"]["fits"] and rep["parity"]["prompts"] == 1
     dec, tok, _ = load_pte_bundle(out, threads=2)

@@ -55,9 +55,8 @@ def test_chat_template_matches_transformers(int4_model, eager):
 
 def test_fp32_bundle_greedy_identical_to_eager(fp32_bundle, eager):
     """>= 3 chat prompts x 64 tokens: the fp32 bundle's greedy tokens equal PyTorch eager's."""
-    import torch
-
     import cogenesis.runtime as rt
+    import torch
 
     tok, model = eager
     bundle = rt.load(fp32_bundle, threads=2)
@@ -72,9 +71,8 @@ def test_fp32_bundle_greedy_identical_to_eager(fp32_bundle, eager):
 
 
 def _teacher_forced(bundle_dir, eager, n_new=48):
-    import torch
-
     import cogenesis.runtime as rt
+    import torch
 
     tok, model = eager
     m = rt.load(bundle_dir, threads=2)

@@ -162,12 +162,15 @@ def test_net_save_load_roundtrip_and_checks(tmp_path):
 
 
 def test_shipped_net_is_small_and_versioned():
-    net = FusionNet.load()
     from importlib import resources
 
-    d = resources.files("cogenesis").joinpath("assets/fusion")
-    size = sum(p.stat().st_size for p in map(lambda f: __import__("pathlib").Path(str(f)), d.iterdir()))
+    net = FusionNet.load()
+    d = Path(str(resources.files("cogenesis").joinpath("assets/fusion")))
+    size = sum(p.stat().st_size for p in d.iterdir())
     assert size < 1_000_000, f"fusion assets are {size} bytes"
+    report = json.loads((d / "fusion-v1-report.json").read_text())
+    h = report["heldout"]
+    assert h["learned"]["nll"] < min(h["mean"]["nll"], h["max"]["nll"], h["local_only"]["nll"], h["cloud_only"]["nll"])
     assert net.n_params < 50_000
     assert net.meta["format"] == "cogenesis-fusion" and net.meta["feature_version"] == 1
     assert net.meta["n_features"] == N_FEATURES

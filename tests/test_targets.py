@@ -108,8 +108,6 @@ def test_edge_extra_resolves_for_manylinux_2_28_aarch64(tmp_path):
         assert wheel.endswith(".whl"), (n, wheel)
         assert "aarch64" in wheel or wheel.endswith("-none-any.whl") or "py3-none-any" in wheel, (n, wheel)
         assert "x86_64" not in wheel, (n, wheel)
-    total = sum(int(i.get("download_info", {}).get("archive_info", {}).get("size", 0) or 0) for i in rep["install"])
-    assert total == 0 or total < 200 * 2**20  # the edge install stays small (no libtorch)
 
 
 # -- onnxruntime-genai bundle --------------------------------------------------------------------------------------
