@@ -16,7 +16,9 @@ SHARED = Path(os.environ.get("COGENESIS_SHARED_DATA", ROOT.parent / "shared" / "
 
 def _export_code_key() -> str:
     h = hashlib.sha256()
-    for p in sorted((ROOT / "export").glob("*.py")) + [ROOT / "cogenesis" / "bundle.py"]:
+    files = ("default_model", "gguf_codes", "gguf_exact", "graph", "onnx_export", "pipeline", "quantize", "report",
+             "targets")  # what shapes an ONNX bundle (other export/ modules, e.g. executorch, do not)
+    for p in [ROOT / "export" / f"{f}.py" for f in files] + [ROOT / "cogenesis" / "bundle.py"]:
         h.update(p.read_bytes())
     return h.hexdigest()[:12]
 
