@@ -239,8 +239,13 @@ def build_variant(name: str, fp32_path: Path, src, dst: Path, calib_seqs: list[l
 
 
 def _code_key() -> str:
+    """Version of the variant-building code (not of the measuring/report code: editing that keeps the cache)."""
+    import inspect
+
     root = Path(__file__).resolve().parents[1] / "export"
-    h = hashlib.sha256(Path(__file__).read_bytes())
+    h = hashlib.sha256()
+    for fn in (build_variant, _matmulnbits, _q8_head_and_embedding, _q8_codes, _CalibReader):
+        h.update(inspect.getsource(fn).encode())
     for f in ("quantize.py", "gguf_exact.py", "gguf_codes.py", "graph.py", "onnx_export.py"):
         p = root / f
         if p.is_file():

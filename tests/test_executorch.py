@@ -86,7 +86,7 @@ def test_dynamic_prefill_chunks_and_rollback(fp32_pte, refs):
 def test_8da4w_stock_recipe_is_small_but_drifts(q_pte, fp32_pte, refs):
     """ExecuTorch's stock 8da4w re-quantizes SmolLM2's (already Q4_1) weights: measured, not hidden."""
     pte, facts = q_pte
-    assert facts["quant"] == "8da4w" and facts["group_size"] == 32 and "embedding_byte" in facts["non_delegated_ops"]
+    assert facts["quant"] == "8da4w" and facts["group_size"] == 32 and any("embedding_byte" in o for o in facts["non_delegated_ops"])
     assert pte.stat().st_size < 0.2 * fp32_pte[0].stat().st_size  # ~101 MiB vs ~622 MiB
     p = pte_parity(PteDecoder(pte, threads=2), refs)
     assert 0.5 <= p["teacher_forced_top1"] < 0.9, p  # measured 0.65 (64 tokens x 3 prompts)
