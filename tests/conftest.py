@@ -61,6 +61,16 @@ def int4_model(int4_bundle):
 
 
 @pytest.fixture(scope="session")
+def edge_bundle(int4_bundle) -> Path:
+    return int4_bundle
+
+
+@pytest.fixture(scope="session")
+def edge_model(int4_model):
+    return int4_model
+
+
+@pytest.fixture(scope="session")
 def hf_dir() -> Path:
     from cogenesis.export.default_model import default_model
 

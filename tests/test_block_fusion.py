@@ -8,7 +8,6 @@ import itertools
 import json
 import math
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,20 +21,6 @@ from cogenesis.fusion import Fuser, FusionNet, Schedule
 # ---------------------------------------------------------------- toy models
 
 
-@pytest.fixture(scope="module")
-def edge_bundle(request) -> Path:
-    """The prebuilt bundle under artifacts/ when present (no re-export), else conftest's int4 export."""
-    p = Path(__file__).resolve().parents[1] / "artifacts" / "bundles" / "smollm2-int4"
-    if (p / "manifest.json").is_file():
-        return p
-    return request.getfixturevalue("int4_bundle")
-
-
-@pytest.fixture(scope="module")
-def edge_model(edge_bundle):
-    import cogenesis.runtime as rt
-
-    return rt.load(edge_bundle, threads=2)
 
 
 def toy_logits(seed: int, vocab: int, scale: float = 1.5):

@@ -18,20 +18,6 @@ from cogenesis.fusion import N_FEATURES, FusionNet
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def edge_bundle(request) -> Path:
-    """The prebuilt bundle under artifacts/ when present (no re-export), else conftest's int4 export."""
-    p = Path(__file__).resolve().parents[1] / "artifacts" / "bundles" / "smollm2-int4"
-    if (p / "manifest.json").is_file():
-        return p
-    return request.getfixturevalue("int4_bundle")
-
-
-@pytest.fixture(scope="module")
-def edge_model(edge_bundle):
-    import cogenesis.runtime as rt
-
-    return rt.load(edge_bundle, threads=2)
 
 
 def _cache_path(bundle: Path, tag: str) -> Path:

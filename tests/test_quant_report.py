@@ -78,7 +78,7 @@ def test_unknown_variant_is_rejected(tmp_path):
 def test_quant_report_small_run(tmp_path):
     """Three variants on two held-out records: the report, the plot, and the measured ordering of quality."""
     rep = qr.quant_report(tmp_path, variants=["int8-dynamic", "gguf-int4"], max_heldout=2, max_ref_tokens=64,
-                          decode_tokens=8, progress=False)
+                          decode_tokens=16, speed_rounds=2, progress=False)
     assert (tmp_path / "quant_report.json").is_file() and (tmp_path / "quant_report.md").is_file()
     assert (tmp_path / "quant_report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = {r["variant"]: r for r in rep["rows"]}
