@@ -9,7 +9,7 @@ export COGENESIS_CACHE ?= $(CURDIR)/.cache
 BUNDLE := artifacts/bundles/smollm2-int4
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: setup demo test test-fast lint bench android-apk android-deps test-android test-vllm clean
+.PHONY: setup setup-executorch demo test test-fast lint bench android-apk android-deps test-android test-vllm clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml
 	touch $@
 
 setup: $(STAMP)
+
+setup-executorch: $(STAMP)
+	$(BIN)/pip install -q -e ".[executorch]"
 
 $(BUNDLE)/manifest.json: | $(STAMP)
 	$(BIN)/cogenesis models default

@@ -517,7 +517,9 @@ def format_markdown(rep: dict) -> str:
              f"Held-out: {len(rep['data']['heldout_records'])} records, {rep['data']['heldout_reference_tokens']} "
              f"reference tokens (users not used for calibration). Reference: {rep['reference']}. Decode speed: "
              f"{s['threads']} threads, {s['decode_tokens']} tokens after a {s['prompt_tokens']}-token prompt, "
-             f"{s['cpu_count']} cores, load average {s['load_average_at_end']}.", "",
+             f"{s['cpu_count']} cores, load average at the end "
+             f"{' / '.join(f'{x:.1f}' for x in s['load_average_at_end'] or [])}; best of {s.get('rounds', 1)} "
+             "round-robin rounds (a shared machine: compare speeds within this report only).", "",
              "| variant | MB | decode tok/s | top-1 vs fp32 | mean KL | perplexity | scheme |",
              "|---|---|---|---|---|---|---|"]
     for r in rep["rows"]:

@@ -43,14 +43,43 @@ def cmd_models(a) -> int:
 
 
 def cmd_export(a) -> int:
-    from cogenesis.export.pipeline import export_bundle
+    from cogenesis.export.targets import get_target
 
-    out = export_bundle(a.model, a.out, quant=a.quant, target=a.target, force=a.force, new_tokens=a.parity_tokens)
+    fmt = a.format or get_target(a.target).format
+    if fmt == "mlc":
+        from cogenesis.export.mlc import MlcError, export_mlc
+
+        try:
+            rec = export_mlc(a.model, a.out, target=a.target, quantization=a.mlc_quantization, device=a.mlc_device,
+                             mlc_llm=a.mlc_llm, force=a.force)
+        except MlcError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"MLC model written: {a.out} ({rec['quantization']}, device {rec['device']}, {rec['library']}); "
+              f"commands in {Path(a.out) / 'mlc_build.json'}")
+        return 0
+    if fmt == "executorch":
+        from cogenesis.export.executorch_export import export_executorch_bundle
+
+        out = export_executorch_bundle(a.model, a.out, quant=a.quant, target=a.target, force=a.force,
+                                       new_tokens=a.parity_tokens, max_seq_len=a.max_seq_len)
+    elif fmt == "ort-genai":
+        from cogenesis.export.ort_genai import export_ort_genai_bundle
+
+        out = export_ort_genai_bundle(a.model, a.out, quant=a.quant, target=a.target, force=a.force,
+                                      new_tokens=a.parity_tokens)
+    else:
+        from cogenesis.export.pipeline import export_bundle
+
+        out = export_bundle(a.model, a.out, quant=a.quant, target=a.target, force=a.force, new_tokens=a.parity_tokens)
     rep = json.loads((out / "export_report.json").read_text())
     p = rep["parity"]
-    print(f"bundle written: {out}")
+    print(f"bundle written: {out}  ({fmt})")
     print(f"  quant {rep['quant']['scheme']}  greedy identical {p['greedy_identical_prompts']}/{p['prompts']}  "
           f"teacher-forced top-1 {p['teacher_forced_top1']:.4f}  mean KL {p['mean_kl']:.5f}")
+    if "genai_parity" in rep:
+        g = rep["genai_parity"]
+        print(f"  under onnxruntime-genai (og.Generator): greedy identical {g['greedy_identical_prompts']}/{g['prompts']}")
     b = rep["budget"]
     print(f"  target {rep['target']['name']}: {b['total_mb']} MB of {b['budget_mb']} MB budget -> "
           f"{'fits' if b['fits'] else 'DOES NOT FIT'}")
@@ -143,10 +172,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="compile a model into a verified on-device bundle (ONNX + tokenizer + manifest)")
     p.add_argument("--model", default=None, help="HF folder or .gguf file (default: SmolLM2-135M-Instruct)")
     p.add_argument("--target", default="laptop-x86_64", help="device profile (see `cogenesis targets`)")
-    p.add_argument("--quant", default=None, choices=["fp32", "int8", "int4", "int4-fast", "int8-dynamic"],
+    p.add_argument("--format", default=None, choices=["onnx", "ort-genai", "executorch", "mlc"],
+                   help="onnx (our torch-free runtime) | ort-genai (the same graph + genai_config.json: onnxruntime-genai "
+                   "runs the bundle too) | executorch (.pte with XNNPACK, the Android/iOS artifact) | mlc (drives the "
+                   "mlc_llm CLI when installed). Default: the target's")
+    p.add_argument("--quant", default=None, choices=["fp32", "int8", "int4", "int4-fast", "int8-dynamic",
+                                                     "builder-int4", "8da4w", "8da4w-gguf"],
                    help="fp32 | int8 (weight-only, block 32) | int4 (GGUF-exact for .gguf sources, else MatMulNBits "
                    "block 32) | int4-fast (GGUF codes with int8 activations: faster, ~95%% top-1) | int8-dynamic "
-                   "(onnxruntime quantize_dynamic, for comparison). Default: the target's")
+                   "(onnxruntime quantize_dynamic, for comparison) | builder-int4 (ort-genai: the builder's own int4) | "
+                   "8da4w / 8da4w-gguf (executorch: int4 x int8 dynamic activations; -gguf keeps the GGUF codes; "
+                   "int4 picks -gguf for GGUF sources). Default: the target's")
+    p.add_argument("--max-seq-len", type=int, default=2048, help="executorch: static KV cache length (default 2048)")
+    p.add_argument("--mlc-quantization", default=None,
+                   help="mlc: q4f16_1 | q4f32_1 | q3f16_1 | q0f16 | q0f32 (default: per target)")
+    p.add_argument("--mlc-device", default=None, help="mlc: mlc_llm compile --device (default: per target)")
+    p.add_argument("--mlc-llm", default=None, help="mlc: the mlc_llm executable (default: $COGENESIS_MLC_LLM or PATH)")
     p.add_argument("--out", required=True, help="bundle directory to create")
     p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
     p.add_argument("--parity-tokens", type=int, default=64, help="tokens per prompt in the parity report")
