@@ -87,3 +87,21 @@ def shared_data() -> Path:
 @pytest.fixture
 def python() -> str:
     return sys.executable
+
+
+@pytest.fixture
+def log_lines():
+    return _log_lines
+
+
+def _log_lines(state, session: str, n: int, timeout: float = 10.0) -> list[dict]:
+    """The server's log lines of `session` once there are >= n of them: a line is appended after the
+    response is sent, so a client that reads it right away can be a little early on a loaded machine."""
+    import time
+
+    t = time.monotonic()
+    while True:
+        lines = [x for x in list(state.recent) if x.get("session") == session]
+        if len(lines) >= n or time.monotonic() - t > timeout:
+            return lines
+        time.sleep(0.02)

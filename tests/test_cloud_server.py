@@ -207,14 +207,14 @@ def test_prompt_logprobs_start_returns_only_the_tail(server, int4_model):
         assert all(abs(x[t]["logprob"] - y[t]["logprob"]) < 1e-3 for t in x)
 
 
-def test_prefix_cache_reuses_tokens_and_matches_cold(server, int4_model):
+def test_prefix_cache_reuses_tokens_and_matches_cold(server, int4_model, log_lines):
     ids = int4_model.encode(TEXT * 3)
     body = {"max_tokens": 1, "temperature": 0, "logprobs": 5, "return_tokens_as_token_ids": True}
     first = _post(server.url, "/v1/completions", {**body, "prompt": ids[:-1]}, **{"X-Session-Id": "grow"}).json()
     assert first["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
     warm = _post(server.url, "/v1/completions", {**body, "prompt": ids}, **{"X-Session-Id": "grow"}).json()
     assert warm["usage"]["prompt_tokens_details"]["cached_tokens"] == len(ids) - 1
-    line = next(r for r in reversed(server.state.recent) if r.get("session") == "grow")
+    line = log_lines(server.state, "grow", 2)[-1]
     assert line["cached_tokens"] == len(ids) - 1 and line["computed_tokens"] == 1
     cold = _post(server.url, "/v1/completions", {**body, "prompt": ids}).json()
     assert cold["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
