@@ -104,6 +104,17 @@ def verify_bundle(bundle: str | Path, manifest: dict | None = None, check_hashes
     return m
 
 
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Move a finished directory into place; an existing `out` is removed only after the new one is there."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+
+
 def write_bundle(out: str | Path, fill: Callable[[Path], dict], force: bool = False) -> Path:
     """Write a bundle atomically: `fill(tmpdir)` writes the files and returns the manifest (without 'files').
 
@@ -120,13 +131,7 @@ def write_bundle(out: str | Path, fill: Callable[[Path], dict], force: bool = Fa
         manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest}
         manifest["files"] = file_table(tmp)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

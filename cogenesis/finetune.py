@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import re
 import shutil
@@ -439,15 +438,11 @@ def _save(model, tok, base_dir: Path, out: Path, info: dict, log: list[dict], fo
         cfg_path.write_text(json.dumps(cfg, indent=2))
         (tmp / "training_log.json").write_text(json.dumps(log, indent=1))
         (tmp / "finetune.json").write_text(json.dumps(info, indent=2, default=str))
-        if out.exists():
-            if not force:
-                raise FileExistsError(f"{out} appeared while training; pass force=True to replace it")
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        if out.exists() and not force:
+            raise FileExistsError(f"{out} appeared while training; pass force=True to replace it")
+        from cogenesis.bundle import replace_dir
+
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -43,7 +43,7 @@ def gguf_to_hf(gguf: str | Path, out: str | Path | None = None, force: bool = Fa
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    from cogenesis.bundle import sha256_file
+    from cogenesis.bundle import replace_dir, sha256_file
 
     gguf = Path(gguf)
     if not gguf.is_file():
@@ -67,11 +67,7 @@ def gguf_to_hf(gguf: str | Path, out: str | Path | None = None, force: bool = Fa
         cfg["rope_theta"] = rope["rope_theta"]
     cfg_path.write_text(json.dumps(cfg, indent=2))
     (tmp / "source.json").write_text(json.dumps({"gguf": str(gguf), "gguf_sha256": sha256_file(gguf)}, indent=2))
-    if out.exists():
-        import shutil
-
-        shutil.rmtree(out)
-    tmp.rename(out)
+    replace_dir(tmp, out)
     return out
 
 

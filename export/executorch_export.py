@@ -488,42 +488,17 @@ def pte_parity(decoder: PteDecoder, runs: list[dict]) -> dict:
 
     Teacher forcing feeds eager's continuation one token at a time (the graph returns the last position's
     logits only), so it also exercises the decode path at every position."""
-    from cogenesis.runtime.sampling import log_softmax
+    from .report import greedy, score, summarize
 
     per = []
     for r in runs:
-        n = len(r["ref_ids"])
-        decoder.reset()
-        logits = decoder.forward(r["prompt_ids"])[-1]
-        got = []
-        for _ in range(n):
-            t = int(np.argmax(logits))
-            got.append(t)
-            logits = decoder.forward([t])[-1]
+        got = greedy(decoder, r["prompt_ids"], len(r["ref_ids"]))
         decoder.reset()
         tf = [decoder.forward(r["prompt_ids"])[-1]]
         for t in r["ref_ids"][:-1]:
             tf.append(decoder.forward([t])[-1])
-        tf = np.stack(tf)
-        lp, lq = log_softmax(r["ref_logits"]), log_softmax(tf)
-        prefix = next((i for i, (a, b) in enumerate(zip(got, r["ref_ids"], strict=True)) if a != b), n)
-        per.append({
-            "greedy_identical": got == r["ref_ids"],
-            "greedy_matching_prefix": prefix,
-            "teacher_forced_top1": float((tf.argmax(-1) == r["ref_logits"].argmax(-1)).mean()),
-            "mean_kl": float((np.exp(lp) * (lp - lq)).sum(-1).mean()),
-            "max_abs_logit_diff": float(np.abs(tf - r["ref_logits"]).max()),
-        })
-    return {
-        "reference": "transformers eager fp32 on the source weights",
-        "prompts": len(runs),
-        "new_tokens": len(runs[0]["ref_ids"]) if runs else 0,
-        "greedy_identical_prompts": sum(p["greedy_identical"] for p in per),
-        "teacher_forced_top1": float(np.mean([p["teacher_forced_top1"] for p in per])),
-        "mean_kl": float(np.mean([p["mean_kl"] for p in per])),
-        "max_abs_logit_diff": float(max(p["max_abs_logit_diff"] for p in per)),
-        "per_prompt": per,
-    }
+        per.append(score(got, np.stack(tf), r))
+    return summarize(per, runs)
 
 
 # -- bundle ---------------------------------------------------------------------------------------------------

@@ -37,29 +37,33 @@ def reference_runs(hf_dir, prompts: list[str], new_tokens: int) -> list[dict]:
     return runs
 
 
-def bundle_parity(onnx_path: str, kv: KVSpec, runs: list[dict], threads: int = 2) -> dict:
-    dec = Decoder(make_session(onnx_path, threads), kv, shared_kv=uses_gqa(onnx_path))
-    per = []
-    for r in runs:
-        n = len(r["ref_ids"])
-        dec.reset()
-        logits = dec.forward(r["prompt_ids"])[-1]
-        got = []
-        for _ in range(n):
-            t = int(np.argmax(logits))
-            got.append(t)
-            logits = dec.forward([t])[-1]
-        dec.reset()
-        tf = dec.forward(r["prompt_ids"] + r["ref_ids"], keep=0)[len(r["prompt_ids"]) - 1 : -1]
-        lp, lq = log_softmax(r["ref_logits"]), log_softmax(tf)
-        prefix = next((i for i, (a, b) in enumerate(zip(got, r["ref_ids"], strict=True)) if a != b), n)
-        per.append({
-            "greedy_identical": got == r["ref_ids"],
-            "greedy_matching_prefix": prefix,
-            "teacher_forced_top1": float((tf.argmax(-1) == r["ref_logits"].argmax(-1)).mean()),
-            "mean_kl": float((np.exp(lp) * (lp - lq)).sum(-1).mean()),
-            "max_abs_logit_diff": float(np.abs(tf - r["ref_logits"]).max()),
-        })
+def greedy(dec, prompt_ids: list[int], n: int) -> list[int]:
+    """n greedy tokens from any decoder with reset()/forward(ids) -> logits (ONNX Decoder or .pte runner)."""
+    dec.reset()
+    logits = dec.forward(prompt_ids)[-1]
+    got = []
+    for _ in range(n):
+        t = int(np.argmax(logits))
+        got.append(t)
+        logits = dec.forward([t])[-1]
+    return got
+
+
+def score(got: list[int], tf: np.ndarray, run: dict) -> dict:
+    """One prompt's parity: greedy tokens `got` and teacher-forced logits `tf` against the eager reference."""
+    ref_ids, ref = run["ref_ids"], run["ref_logits"]
+    lp, lq = log_softmax(ref), log_softmax(tf)
+    prefix = next((i for i, (a, b) in enumerate(zip(got, ref_ids, strict=True)) if a != b), len(ref_ids))
+    return {
+        "greedy_identical": got == ref_ids,
+        "greedy_matching_prefix": prefix,
+        "teacher_forced_top1": float((tf.argmax(-1) == ref.argmax(-1)).mean()),
+        "mean_kl": float((np.exp(lp) * (lp - lq)).sum(-1).mean()),
+        "max_abs_logit_diff": float(np.abs(tf - ref).max()),
+    }
+
+
+def summarize(per: list[dict], runs: list[dict]) -> dict:
     return {
         "reference": "transformers eager fp32 on the source weights",
         "prompts": len(runs),
@@ -70,3 +74,14 @@ def bundle_parity(onnx_path: str, kv: KVSpec, runs: list[dict], threads: int = 2
         "max_abs_logit_diff": float(max(p["max_abs_logit_diff"] for p in per)),
         "per_prompt": per,
     }
+
+
+def bundle_parity(onnx_path: str, kv: KVSpec, runs: list[dict], threads: int = 2) -> dict:
+    dec = Decoder(make_session(onnx_path, threads), kv, shared_kv=uses_gqa(onnx_path))
+    per = []
+    for r in runs:
+        got = greedy(dec, r["prompt_ids"], len(r["ref_ids"]))
+        dec.reset()
+        tf = dec.forward(r["prompt_ids"] + r["ref_ids"], keep=0)[len(r["prompt_ids"]) - 1 : -1]
+        per.append(score(got, tf, r))
+    return summarize(per, runs)

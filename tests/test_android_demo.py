@@ -154,7 +154,7 @@ def test_apk_carries_the_web_runtime_but_no_model(apk):
 def test_dex_code_verifies_and_runs_on_a_jvm(apk):
     """classes.dex -> JVM bytecode (enjarify) against Android API stubs: verifier + behaviour of the smali."""
     if _missing_tools("javac", "java"):
-        pytest.skip("no JDK (javac/java)")
+        pytest.skip("no JDK (javac/java): apt-get install default-jdk-headless to run the dex JVM check")
     if not Path("/usr/lib/python3/dist-packages/enjarify").is_dir():
         pytest.skip("enjarify not installed: run android_demo/build_apk.sh --deps")
     r = _run(["bash", str(DEMO / "tools/jvmcheck/run.sh"), str(BUILD / "apk/dex/classes.dex"), str(ASSETS)])
@@ -221,8 +221,9 @@ def _guard_cases() -> list[dict]:
 def test_guard_parity_with_python():
     """www/js/guard.js finds exactly what cogenesis.cloud_bridge.guard finds (kind, source, match, JSON path)."""
     if _missing_tools("node"):
-        pytest.skip("node not installed")
-    guard_py = pytest.importorskip("cogenesis.cloud_bridge.guard")
+        pytest.skip("node not installed (apt-get install nodejs; make android-deps)")
+    from cogenesis.cloud_bridge import guard as guard_py
+
     from cogenesis.context import PrivateContext
 
     cases = _guard_cases()
@@ -616,17 +617,14 @@ def _cors_allows(url: str) -> str | None:
 def test_sketch_mode_against_the_reference_server(app, bundle, fake_cloud, tmp_path):
     """The page against `cogenesis cloud serve` (same bundle): only the instruction goes out, and the bytes the
     server captured are exactly the body the Egress panel shows."""
-    server = pytest.importorskip("cogenesis.cloud_bridge.server")
-    if not (bundle / "manifest.json").is_file():
-        pytest.skip("the reference server needs a bundle with manifest.json")
+    from cogenesis.cloud_bridge import server
+
     cap = tmp_path / "capture.jsonl"
     srv = server.serve_in_thread(server.create_app(bundle, api_key="demo-key", capture=str(cap), threads=1))
     try:
         allow = _cors_allows(srv.url + "/v1/chat/completions")
-        if allow not in ("*", ORIGIN):
-            pytest.skip("the reference server answers no CORS preflight, so the WebView page (origin "
-                        f"{ORIGIN}) cannot call it: cloud_bridge.server needs CORS (OPTIONS without auth + "
-                        "Access-Control-Allow-Origin/-Headers: authorization, content-type)")
+        assert allow in ("*", ORIGIN), (f"the reference server answers no CORS preflight for {ORIGIN}: the WebView "
+                                         "page could not call it (ServerSettings.cors_origins)")
         app.evaluate("window.cogenesis.egress.clear()")
         app.click("nav.tabs button[data-go=settings]")
         app.fill("#set-cloud", srv.url)
@@ -720,9 +718,9 @@ def test_context_and_settings_screens(app):
 # ------------------------------------------------------------------------------------------------ MatMulNBits
 def test_matmulnbits_runs_in_onnxruntime_web(browser, assets, tmp_path):
     """The int4 bundle uses com.microsoft MatMulNBits (4- and 8-bit): check the WASM build runs both."""
-    onnx = pytest.importorskip("onnx")
-    np = pytest.importorskip("numpy")
-    ort = pytest.importorskip("onnxruntime")
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
     from devserver import make_server
     from onnx import TensorProto, helper, numpy_helper
     from onnxruntime.quantization.matmul_nbits_quantizer import (

@@ -154,7 +154,7 @@ def test_bad_k_is_400(endpoint):
 def test_auth_required(endpoint):
     url, key, _ = endpoint
     if not key:
-        pytest.skip("this server runs without an API key")
+        pytest.skip("this server runs without an API key (set COGENESIS_TEST_VLLM_API_KEY with a keyed vLLM)")
     assert _post(url, "/v1/completions", {"prompt": "hi", "max_tokens": 1}, None).status_code == 401
     assert _post(url, "/v1/completions", {"prompt": "hi", "max_tokens": 1}, "wrong-key").status_code == 401
 

@@ -42,7 +42,7 @@ DEMO = REPO / "examples" / "demo_profile.json"
 def need(name: str) -> Path:
     p = DATA / name
     if not p.is_file():
-        pytest.skip(f"shared data absent: {p}")
+        pytest.skip(f"shared data absent: {p} (the authors' dev data, read from ../shared/data/cogenesis when present)")
     return p
 
 

