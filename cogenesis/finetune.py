@@ -71,6 +71,8 @@ class FinetuneResult:
     skipped: dict[str, str] = field(default_factory=dict)  # tid -> why
     sketch_source: str | None = None
     seconds: float = 0.0
+    eval_losses: list[dict] = field(default_factory=list)  # {"step", "loss", "tokens"} on held-out records
+    device: str = "cpu"
 
     @property
     def first_loss(self) -> float:
@@ -293,12 +295,19 @@ def finetune(
     threads: int | None = None,
     force: bool = False,
     progress: bool = True,
+    device: str = "auto",
+    eval_data: str | Path | Sequence[TaskRecord] | None = None,
+    eval_every: int | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``base`` (HF folder, .gguf, or None for the default model) on ``data`` in ``regime``.
 
     ``data``: records or a file `load_records` reads (None: the shipped sample). ``sketches``: tid -> outline
     (or a JSON file of that mapping) for ``with_sketch``. ``lr`` defaults to 2e-4 (LoRA) / 2e-5 (full); the
-    schedule is linear warmup (default 10 % of the steps) then cosine decay. Writes a merged HF folder at ``out``.
+    schedule is linear warmup (default 10 % of the steps) then cosine decay. Writes a merged HF folder at ``out``
+    (LoRA: also its adapter alone, in fp16, under ``out/adapter`` — small enough to copy off a GPU machine and
+    merge elsewhere with `merge_adapter`). ``device``: auto (CUDA when present, bf16 autocast) | cpu | cuda.
+    ``eval_data``: held-out records whose reply-token loss is measured before training, every ``eval_every``
+    steps and at the end.
     """
     import torch
     from tqdm import tqdm
@@ -329,14 +338,18 @@ def finetune(
     torch.manual_seed(seed)
     random.seed(seed)
 
+    dev = _device(device)
     tok = AutoTokenizer.from_pretrained(base_dir)
     examples, skipped, sketch_source = build_examples(tok, records, regime, max_len, sketches)
     if not examples:
         reasons = "; ".join(f"{t}: {w}" for t, w in list(skipped.items())[:3])
         raise ValueError(f"no usable training example among {len(records)} records ({reasons})")
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    eval_examples: list[Example] = []
+    if eval_data is not None:
+        eval_examples = build_examples(tok, _load_records(eval_data), regime, max_len, sketches)[0]
 
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).to(dev)
     model.config.use_cache = False
     targets = list(lora_targets or _lora_targets(model))
     if method == "lora":
@@ -359,7 +372,31 @@ def finetune(
         t = (step - warm) / max(1, steps - warm)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))  # cosine down to 10 %
 
+    def batch_loss(batch: list[Example]):
+        ids, mask, labels = (t.to(dev) for t in _collate(batch, pad_id))
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        tgt = labels[:, 1:]
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt.reshape(-1),
+                                                 ignore_index=-100, reduction="sum")
+        return loss, int((tgt != -100).sum())
+
+    evals: list[dict] = []
+
+    def evaluate(step: int) -> None:
+        if not eval_examples:
+            return
+        model.eval()
+        total, n = 0.0, 0
+        with torch.no_grad():
+            for i in range(0, len(eval_examples), batch_size):
+                loss, k = batch_loss(eval_examples[i : i + batch_size])
+                total, n = total + float(loss), n + k
+        evals.append({"step": step, "loss": round(total / max(1, n), 5), "tokens": n})
+        model.train()
+
     log: list[dict] = []
+    evaluate(0)
     bar = tqdm(total=steps, desc=f"finetune {method} {regime}", unit="step", disable=not progress)
     batches = _batches(examples, batch_size, steps * grad_accum, seed)
     for step in range(steps):
@@ -367,15 +404,12 @@ def finetune(
             g["lr"] = lr * lr_at(step)
         loss_sum, n_tok = 0.0, 0
         for _ in range(grad_accum):
-            ids, mask, labels = _collate(next(batches), pad_id)
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-            tgt = labels[:, 1:]
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt.reshape(-1),
-                                                     ignore_index=-100, reduction="sum")
-            k = int((tgt != -100).sum())
+            loss, k = batch_loss(next(batches))
             (loss / max(1, k) / grad_accum).backward()
             loss_sum += float(loss.detach())
             n_tok += k
+        if eval_every and (step + 1) % eval_every == 0 and step + 1 < steps:
+            evaluate(step + 1)
         gnorm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -385,13 +419,18 @@ def finetune(
         bar.set_postfix(loss=f"{mean:.3f}")
         bar.update()
     bar.close()
+    evaluate(steps)
 
     model.eval()
+    adapter = None
     if method == "lora":
+        adapter = _adapter_state(model)
         model = model.merge_and_unload()
+    model = model.to("cpu")
     model.config.use_cache = True
     losses = [e["loss"] for e in log]
-    result = FinetuneResult(out, regime, method, steps, losses, len(examples), skipped, sketch_source)
+    result = FinetuneResult(out, regime, method, steps, losses, len(examples), skipped, sketch_source,
+                            eval_losses=evals, device=str(dev))
     info = {
         "base": str(base_dir),
         "regime": regime,
@@ -413,19 +452,79 @@ def finetune(
         "sketch_source": sketch_source,
         "loss_first": result.first_loss,
         "loss_last": result.last_loss,
+        "eval": evals,
+        "device": str(dev),
+        "torch": torch.__version__,
         "loss_mask": "prompt tokens labelled -100; loss on the assistant reply (and its end token) only",
     }
-    _save(model, tok, base_dir, out, info, log, force)
+    _save(model, tok, base_dir, out, info, log, force, adapter)
     result.seconds = round(time.time() - t0, 1)
     return result
 
 
-def _save(model, tok, base_dir: Path, out: Path, info: dict, log: list[dict], force: bool) -> None:
+def _device(device: str):
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: torch sees no CUDA device (this torch is "
+                           f"{torch.__version__}); use --device cpu or auto")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda; got {device!r}")
+    return torch.device(device)
+
+
+def _adapter_state(model) -> tuple[dict, object]:
+    """The LoRA weights alone (fp16, a few MB) and their peft config, taken before merging."""
+    from peft import get_peft_model_state_dict
+
+    state = {k: v.detach().to("cpu").half().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+    return state, model.peft_config["default"]
+
+
+def merge_adapter(base: str | Path | None, adapter: str | Path, out: str | Path, force: bool = False) -> Path:
+    """Merge a LoRA adapter folder (``out/adapter`` of a run, e.g. one made on a GPU machine) into ``base``
+    and write the merged HF folder at ``out`` for `cogenesis export`."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter, out = Path(adapter), Path(out)
+    if not (adapter / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{adapter}: no adapter_config.json; pass the adapter folder of a LoRA run "
+                                "(<finetune --out>/adapter)")
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} already exists; pass force=True (--force) to replace it, or choose another --out")
+    base_dir = _resolve_base(base)
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    model.config.use_cache = True
+    info_path = adapter / "finetune.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    info["merged_from_adapter"] = str(adapter)
+    log_path = adapter / "training_log.json"
+    log = json.loads(log_path.read_text()) if log_path.is_file() else []
+    _save(model, tok, base_dir, out, info, log, force)
+    return out
+
+
+def _save(model, tok, base_dir: Path, out: Path, info: dict, log: list[dict], force: bool,
+          adapter: tuple[dict, object] | None = None) -> None:
     """Write the HF folder to a temporary sibling, then rename it into place."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
+        if adapter is not None:
+            from safetensors.torch import save_file
+
+            state, cfg = adapter
+            cfg.save_pretrained(tmp / "adapter")
+            save_file(state, str(tmp / "adapter" / "adapter_model.safetensors"))
+            (tmp / "adapter" / "training_log.json").write_text(json.dumps(log, indent=1))
+            (tmp / "adapter" / "finetune.json").write_text(json.dumps(info, indent=2, default=str))
         tok.save_pretrained(tmp)
         for name in ("chat_template.jinja", "generation_config.json"):
             if (base_dir / name).is_file() and not (tmp / name).is_file():
@@ -480,17 +579,29 @@ def add_finetune_parser(sub) -> None:
                    "(default: outlines derived from the references' sentences)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: CUDA (bf16 autocast) when torch sees a GPU, else CPU")
+    p.add_argument("--eval-data", default=None, help="held-out records: reply-token loss before/after training")
+    p.add_argument("--eval-every", type=int, default=None, help="also evaluate every N steps")
+    p.add_argument("--merge-adapter", default=None, metavar="ADAPTER_DIR",
+                   help="no training: merge this LoRA adapter folder (<run>/adapter) into --base and write --out")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.set_defaults(func=cmd_finetune)
 
 
 def cmd_finetune(a) -> int:
     try:
+        if a.merge_adapter:
+            out = merge_adapter(a.base, a.merge_adapter, a.out, force=a.force)
+            print(f"merged {a.merge_adapter} -> {out}; next: cogenesis export --model {out} "
+                  f"--out artifacts/bundles/{out.name}")
+            return 0
         r = finetune(a.base, a.data, a.out, regime=a.regime, method=a.method, steps=a.steps, lr=a.lr,
                      batch_size=a.batch_size, grad_accum=a.grad_accum, max_len=a.max_len, lora_r=a.lora_r,
                      lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout, sketches=a.sketches, seed=a.seed,
-                     threads=a.threads, force=a.force)
-    except FileExistsError as e:
+                     threads=a.threads, force=a.force, device=a.device, eval_data=a.eval_data,
+                     eval_every=a.eval_every)
+    except (FileExistsError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(result_dict(r), indent=2))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cogenesis.data.records import TaskRecord, load_sample
-from cogenesis.finetune import REGIMES, build_example, build_examples, derive_outline, finetune
+from cogenesis.finetune import REGIMES, build_example, build_examples, derive_outline, finetune, merge_adapter
 
 
 @pytest.fixture(scope="module")
@@ -86,10 +86,13 @@ def test_lora_finetune_merges_exports_and_runs(tmp_path, hf_dir, monkeypatch):
     out = tmp_path / "ft-lora"
     t0 = time.time()
     res = finetune(hf_dir, load_sample()[:2], out, regime="with_context", method="lora", steps=5, lr=1e-3,
-                   max_len=256, lora_r=8, threads=2, seed=0, progress=False)
+                   max_len=256, lora_r=8, threads=2, seed=0, progress=False, device="cpu",
+                   eval_data=load_sample()[:2])
     t_train = time.time() - t0
     assert len(res.losses) == 5 and res.examples == 2
     assert res.losses[-1] < res.losses[0] - 0.2, res.losses  # overfitting two records
+    assert [e["step"] for e in res.eval_losses] == [0, 5] and res.device == "cpu"
+    assert res.eval_losses[1]["loss"] < res.eval_losses[0]["loss"] - 0.2, res.eval_losses
     for f in ("config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja", "training_log.json",
               "finetune.json"):
         assert (out / f).is_file(), f
@@ -103,6 +106,24 @@ def test_lora_finetune_merges_exports_and_runs(tmp_path, hf_dir, monkeypatch):
     with safe_open(str(out / "model.safetensors"), "pt") as f:  # merged: the base model's own tensor names
         names = list(f.keys())
     assert names and not [n for n in names if "lora" in n or "base_layer" in n]
+
+    # the fp16 adapter alone (what comes back from a GPU machine) merges into the same weights
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    assert (out / "adapter" / "adapter_model.safetensors").stat().st_size < 5e6
+    merged = merge_adapter(hf_dir, out / "adapter", tmp_path / "merged")
+    with pytest.raises(FileExistsError, match="force"):
+        merge_adapter(hf_dir, out / "adapter", tmp_path / "merged")
+    with pytest.raises(FileNotFoundError, match="adapter_config"):
+        merge_adapter(hf_dir, tmp_path, tmp_path / "merged2")
+    with safe_open(str(out / "model.safetensors"), "pt") as a, safe_open(str(merged / "model.safetensors"), "pt") as b:
+        assert sorted(a.keys()) == sorted(b.keys())
+        worst = max(float((a.get_tensor(n) - b.get_tensor(n)).abs().max()) for n in names)
+    with safe_open(str(Path(hf_dir) / "model.safetensors"), "pt") as base, \
+            safe_open(str(out / "model.safetensors"), "pt") as a:
+        q = next(n for n in names if "q_proj" in n)
+        moved = float((base.get_tensor(q) - a.get_tensor(q)).abs().max())
+    assert worst < 1e-3 < moved, (worst, moved)  # training moved the weights; fp16 adapter rounding did not
+    assert json.loads((merged / "finetune.json").read_text())["merged_from_adapter"].endswith("adapter")
 
     # the exporter caches fp32 graphs per source folder: keep this one-off graph (~0.5 GB) out of the shared cache
     (tmp_path / "cache").mkdir()
