@@ -44,6 +44,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check cogenesis export runtime cloud_bridge calibration tests bench
 
 bench: $(STAMP) $(BUNDLE)/manifest.json
+	# the llama.cpp row: a prebuilt llama.cpp from npm (node-llama-cpp, nothing compiled); skipped without node/npm
+	@bash bench/llamacpp_setup.sh || echo "llama.cpp not installed: its row will be skipped"
 	$(BIN)/python bench/edge_decode.py
 
 android-deps:

@@ -1,6 +1,10 @@
 """Edge decode benchmark: our bundles vs transformers eager (and onnxruntime-genai's int4, llama.cpp if present).
 
-    python bench/edge_decode.py [--threads 1 2] [--new-tokens 128] [--quick]
+    python bench/edge_decode.py [--threads 1 2] [--new-tokens 128]
+    python bench/edge_decode.py --llamacpp-check    # greedy tokens: llama.cpp vs our int4 bundle only
+
+llama.cpp row: `bash bench/llamacpp_setup.sh` installs a prebuilt llama.cpp (node-llama-cpp from npm, CPU binary,
+nothing compiled) into .cache/llamacpp-node; bench/llamacpp_decode.mjs runs it on the same GGUF with the same token ids.
 
 Each configuration runs in its own process (clean peak RSS). Writes bench/results/edge_decode.json and .md.
 Decode = 128 new tokens after a ~200-token chat prompt; prefill = one ~1.5k-token prompt. Memory bandwidth is
@@ -75,16 +79,17 @@ def run_ort(path: str, threads: int, new_tokens: int) -> dict:
     t = time.perf_counter()
     lg = dec.forward(short)[-1]
     t_pre_short = time.perf_counter() - t
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     for _ in range(new_tokens):
         lg = dec.forward([int(lg.argmax())])[-1]
-    decode_s = time.perf_counter() - t
+    decode_s, decode_cpu = time.perf_counter() - t, time.process_time() - c
     dec.reset()
     t = time.perf_counter()
     dec.forward(long_)
     prefill_long = time.perf_counter() - t
     return {"load_s": load_s, "prefill_200_s": t_pre_short, "decode_tok_s": new_tokens / decode_s,
-            "prefill_1500_s": prefill_long, "prompt_tokens": len(short), "long_prompt_tokens": len(long_)}
+            "prefill_1500_s": prefill_long, "prompt_tokens": len(short), "long_prompt_tokens": len(long_),
+            "decode_cpu_s_per_tok": decode_cpu / new_tokens}  # CPU s (all threads, spinning included)
 
 
 def run_eager(hf_dir: str, threads: int, new_tokens: int) -> dict:
@@ -118,27 +123,84 @@ def run_eager(hf_dir: str, threads: int, new_tokens: int) -> dict:
             "prefill_1500_s": prefill_long, "prompt_tokens": len(short), "long_prompt_tokens": len(long_)}
 
 
+LLAMACPP_JS = ROOT / "bench" / "llamacpp_decode.mjs"
+LLAMACPP_INSTALL = "bash bench/llamacpp_setup.sh"  # node >= 20 + npm; prebuilt node-llama-cpp, no compile, ~15 s
+INT4_BUNDLE = ROOT / "artifacts" / "bundles" / "smollm2-int4"
+
+
+def llamacpp_dir() -> Path:
+    return Path(os.environ.get("NODE_LLAMA_CPP_DIR", ROOT / ".cache" / "llamacpp-node"))
+
+
+def llamacpp_info() -> dict | None:
+    """Version of the installed prebuilt llama.cpp (node-llama-cpp), or None when it is not usable here."""
+    import shutil
+
+    nm = llamacpp_dir() / "node_modules"
+    pkg = nm / "node-llama-cpp" / "package.json"
+    bins = sorted((nm / "@node-llama-cpp").glob("*/bins/*/_nlcBuildMetadata.json"))
+    if shutil.which("node") is None or not pkg.is_file() or not bins:
+        return None
+    meta = json.loads(bins[0].read_text())["buildOptions"]
+    return {"release": meta["llamaCpp"]["release"], "repo": meta["llamaCpp"]["repo"],
+            "binding": "node-llama-cpp " + json.loads(pkg.read_text())["version"], "binary": bins[0].parent.name,
+            "built_on": "{name} {version}".format(**meta["platformInfo"])}
+
+
+def _llamacpp_call(req: dict, timeout: float = 3600) -> dict:
+    """Runs bench/llamacpp_decode.mjs on one JSON request; returns its JSON answer."""
+    r = subprocess.run(["node", str(LLAMACPP_JS)], input=json.dumps(req), capture_output=True, text=True,
+                       timeout=timeout, env={**os.environ, "NODE_LLAMA_CPP_DIR": str(llamacpp_dir())})
+    if r.returncode != 0:
+        raise RuntimeError(f"llamacpp_decode.mjs failed ({r.returncode}): {r.stderr[-1500:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def llamacpp_greedy(gguf: str, prompts: list[list[int]], n: int, threads: int = 1) -> list[list[int]]:
+    """n greedy tokens per prompt (token ids in, EOS ignored) from llama.cpp on the GGUF.
+
+    One thread by default: the tokens do not depend on it, and llama.cpp's spinning thread pool crawls when the
+    cores are shared with other jobs."""
+    return _llamacpp_call({"gguf": gguf, "threads": threads, "new_tokens": 0, "greedy_prompts": prompts,
+                           "greedy_tokens": n})["greedy"]
+
+
 def run_llamacpp(gguf: str, threads: int, new_tokens: int) -> dict:
-    from llama_cpp import Llama
+    """llama.cpp (prebuilt, CPU) on the same GGUF and the same token ids as the int4 bundle, same protocol as run_ort."""
+    short, long_ = _prompts(_bundle_encoder(INT4_BUNDLE))
+    res = _llamacpp_call({"gguf": gguf, "threads": threads, "new_tokens": new_tokens, "prompt": short,
+                          "long_prompt": long_})
+    res.pop("greedy", None)
+    res.pop("tokenized", None)
+    return res
 
-    llm = Llama(model_path=gguf, n_ctx=2048, n_threads=threads, verbose=False, logits_all=False)
 
-    def enc(msgs):
-        text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in msgs) + "<|im_start|>assistant\n"
-        return llm.tokenize(text.encode(), add_bos=False, special=True)
+def _prefix(a: list[int], b: list[int]) -> int:
+    """Length of the common prefix of two token lists."""
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
-    short, long_ = _prompts(enc)
-    t = time.perf_counter()
-    llm.eval(short)
-    pre = time.perf_counter() - t
-    t = time.perf_counter()
-    for _ in range(new_tokens):
-        llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
-    decode_s = time.perf_counter() - t
-    llm.reset()
-    t = time.perf_counter()
-    llm.eval(long_)
-    return {"prefill_200_s": pre, "decode_tok_s": new_tokens / decode_s, "prefill_1500_s": time.perf_counter() - t}
+
+def llamacpp_agreement(gguf: str, int4_onnx: str, prompt_ids: list[list[int]], n: int = 32,
+                       ref_ids: list[list[int]] | None = None) -> dict:
+    """Greedy tokens of llama.cpp vs our int4 bundle (first n) and vs eager's reference ids when given."""
+    from cogenesis.export.report import greedy
+    from cogenesis.runtime.model import Decoder, KVSpec, make_session, uses_gqa
+
+    refs = ref_ids or [[] for _ in prompt_ids]
+    lc = llamacpp_greedy(gguf, prompt_ids, max([n] + [len(r) for r in refs]))
+    dec = Decoder(make_session(int4_onnx, 1), KVSpec(30, 3, 64), shared_kv=uses_gqa(int4_onnx))
+    ours = [greedy(dec, p, n) for p in prompt_ids]
+    pairs = list(zip(lc, ours, refs, strict=True))
+    out = {"tokens": n,
+           "vs_int4_bundle_matching_prefix": [_prefix(a[:n], b) for a, b, _ in pairs],
+           "vs_int4_bundle_same_positions": [sum(x == y for x, y in zip(a[:n], b, strict=True)) for a, b, _ in pairs],
+           "llamacpp_tokens": [a[:n] for a in lc], "int4_bundle_tokens": ours}
+    out["vs_int4_bundle_identical_prompts"] = sum(p == n for p in out["vs_int4_bundle_matching_prefix"])
+    if ref_ids:
+        out["eager_tokens"] = len(ref_ids[0])
+        out["vs_eager_matching_prefix"] = [_prefix(a, r) for a, _, r in pairs]
+        out["greedy_identical_prompts"] = sum(a[:len(r)] == r for a, _, r in pairs)
+    return out
 
 
 def _bundle_encoder(bundle: Path):
@@ -211,7 +273,7 @@ def one(kind: str, path: str, threads: int, new_tokens: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
     fn = {"ort": run_ort, "eager": run_eager, "llamacpp": run_llamacpp, "pte": run_pte, "genai": run_genai}[kind]
     res = fn(path, threads, new_tokens)
-    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    res.setdefault("peak_rss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # llama.cpp: node's
     print("RESULT " + json.dumps(res))
 
 
@@ -273,15 +335,73 @@ def _et_bundle(quant: str) -> Path | None:
     return b
 
 
+def _vs_llamacpp(rows: list[dict], lc_rows: dict[int, dict]) -> list[dict]:
+    """Our int4 rows against llama.cpp at the same thread count: speed ratios (> 1 = ours faster)."""
+    out = []
+    for r in rows:
+        lc = lc_rows.get(r["threads"])
+        if lc is None or "cogenesis" not in r["name"] or "int4" not in r["name"]:
+            continue
+        v = {"name": r["name"], "threads": r["threads"], "decode_speed_ratio": r["decode_tok_s"] / lc["decode_tok_s"],
+             "prefill_1500_speed_ratio": lc["prefill_1500_s"] / r["prefill_1500_s"]}
+        if r.get("decode_cpu_s_per_tok") and lc.get("decode_cpu_s_per_tok"):  # load-robust at 1 thread only
+            v["decode_cpu_time_ratio"] = lc["decode_cpu_s_per_tok"] / r["decode_cpu_s_per_tok"]
+        out.append(v)
+    return out
+
+
+def _llamacpp_md(lc: dict | None) -> list[str]:
+    """The markdown section on llama.cpp: version, our int4 vs it, greedy agreement (or how to install it)."""
+    if not lc:
+        return ["", f"llama.cpp row: not installed on this machine. Install it with `{LLAMACPP_INSTALL}` (node >= 20 "
+                "and npm; a prebuilt llama.cpp from node-llama-cpp, nothing compiled, ~15 s) and rerun."]
+    md = ["", "## Our int4 vs llama.cpp on the same GGUF", "",
+          f"llama.cpp {lc['release']} ({lc['repo']}), prebuilt CPU binary `{lc['binary']}` from {lc['binding']} "
+          f"(built on {lc['built_on']}), flash attention {lc.get('flash_attention')}, greedy, same token ids. "
+          f"{lc.get('system_info', 'CPU : ?').strip(' |')}.", "",
+          "| ours | threads | decode speed vs llama.cpp | prefill 1.5k speed vs llama.cpp "
+          "| decode CPU-time/token, llama.cpp / ours |", "|---|---|---|---|---|"]
+    md += [f"| {v['name']} | {v['threads']} | {v['decode_speed_ratio']:.2f}x | {v['prefill_1500_speed_ratio']:.2f}x | "
+           + (f"{v['decode_cpu_time_ratio']:.2f}x |" if "decode_cpu_time_ratio" in v else "- |") for v in lc["vs_ours"]]
+    md += ["", "Ratios > 1: ours faster. CPU time per token counts spinning threads too, so it only says something "
+           "at 1 thread, where it is robust to other load on the machine."]
+    g = lc.get("greedy_agreement")
+    if g:
+        md += ["", f"Greedy tokens, llama.cpp vs our int4 bundle (first {g['tokens']}, parity prompts): matching "
+               f"prefix {g['vs_int4_bundle_matching_prefix']}, same token at {g['vs_int4_bundle_same_positions']} "
+               f"positions; vs eager fp32 ({g['eager_tokens']} tokens): matching prefix {g['vs_eager_matching_prefix']}. "
+               "llama.cpp multiplies Q4_1 weights with Q8_1-quantized activations, so some drift is expected."]
+    return md
+
+
+def llamacpp_check(n: int = 32) -> dict:
+    """--llamacpp-check: greedy agreement of llama.cpp and our int4 bundle on the parity prompts, printed."""
+    from cogenesis.export.default_model import find_gguf
+    from cogenesis.export.report import PARITY_PROMPTS
+
+    if not llamacpp_info():
+        sys.exit(f"llama.cpp not installed: {LLAMACPP_INSTALL}")
+    enc = _bundle_encoder(INT4_BUNDLE)
+    ids = [enc([{"role": "user", "content": p}]) for p in PARITY_PROMPTS]
+    g = llamacpp_agreement(str(find_gguf(install=False)), str(INT4_BUNDLE / "model.onnx"), ids, n)
+    print(json.dumps({"llamacpp": llamacpp_info(), **g}))
+    return g
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--one", nargs=3, metavar=("KIND", "PATH", "THREADS"), help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(RESULTS / "edge_decode"))
+    ap.add_argument("--llamacpp-check", action="store_true",
+                    help="only: llama.cpp vs our int4 bundle, greedy tokens on the parity prompts (no torch)")
     a = ap.parse_args()
     if a.one:
         one(a.one[0], a.one[1], int(a.one[2]), a.new_tokens)
+        return
+    if a.llamacpp_check:
+        llamacpp_check()
         return
 
     from cogenesis.export.default_model import default_model
@@ -307,18 +427,17 @@ def main() -> None:
         b = _et_bundle(q)
         if b:
             configs.append((f"ExecuTorch XNNPACK {q} (.pte)", "pte", str(b / "model.pte"), b))
-    try:
-        import llama_cpp  # noqa: F401
-
-        configs.append(("llama.cpp (same GGUF)", "llamacpp", str(gguf), None))
-    except ImportError:
-        print("llama-cpp-python not importable: llama.cpp row skipped (pip install llama-cpp-python builds it, ~18 min)")
+    lc_info = llamacpp_info()
+    if lc_info:
+        configs.append((f"llama.cpp ({lc_info['release']}, same GGUF)", "llamacpp", str(gguf), None))
+    else:
+        print(f"llama.cpp not installed: its row is skipped (install: {LLAMACPP_INSTALL}, needs node >= 20 + npm)")
     bw = bandwidth_gbs()
     from cogenesis.export.report import PARITY_PROMPTS, bundle_parity, reference_runs
     from cogenesis.runtime.model import KVSpec
 
     refs = reference_runs(hf_dir, PARITY_PROMPTS, 64)
-    quality = {}
+    quality, lc_agree = {}, None
     for name, kind, path, _ in configs:
         if kind == "pte":
             from cogenesis.export.executorch_export import PteDecoder, pte_parity
@@ -326,6 +445,15 @@ def main() -> None:
             p = pte_parity(PteDecoder(path, threads=2), refs)
         elif kind == "genai":  # the same graph as an "ort" row, run by og.Generator: quality from its graph
             p = bundle_parity(str(Path(path) / "model.onnx"), KVSpec(30, 3, 64), refs)
+        elif kind == "llamacpp":  # greedy only (no logits from llama.cpp here): vs eager and vs our int4 bundle
+            try:
+                lc_agree = llamacpp_agreement(path, str(bundles["int4"] / "model.onnx"),
+                                              [r["prompt_ids"] for r in refs], 32, [r["ref_ids"] for r in refs])
+            except (RuntimeError, subprocess.TimeoutExpired) as e:
+                print(f"llama.cpp greedy check failed: {e}", file=sys.stderr)
+                continue
+            quality[name] = {"greedy_identical_prompts": lc_agree["greedy_identical_prompts"],
+                             "greedy_vs_int4_bundle_matching_prefix_32": lc_agree["vs_int4_bundle_matching_prefix"]}
         if kind in ("pte", "genai"):
             quality[name] = {"teacher_forced_top1": p["teacher_forced_top1"], "mean_kl": p["mean_kl"],
                              "greedy_identical_prompts": p["greedy_identical_prompts"]}
@@ -364,6 +492,10 @@ def main() -> None:
     out = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                        "memory_bandwidth_gb_s": bw}, "new_tokens": a.new_tokens, "rows": rows,
            "date": time.strftime("%Y-%m-%d %H:%M")}
+    lc_rows = {r["threads"]: r for r in rows if r.get("llamacpp")}
+    if lc_info:
+        run_info = {k: v for k, v in next(iter(lc_rows.values()), {}).get("llamacpp", {}).items() if k != "threads"}
+        out["llamacpp"] = {**lc_info, **run_info, "greedy_agreement": lc_agree, "vs_ours": _vs_llamacpp(rows, lc_rows)}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out + ".json").write_text(json.dumps(out, indent=2))
     md = [f"# Edge decode benchmark ({out['date']}, {os.cpu_count()} cores, copy bandwidth {bw:.1f} GB/s)", "",
@@ -376,7 +508,9 @@ def main() -> None:
                   f"{r['prefill_1500_s']:.2f} | {r['peak_rss_mb']:.0f} | {r['model_bytes'] / 2**20:.0f} | "
                   f"{100 * r['fraction_of_bandwidth_limit']:.0f}% | "
                   + (f"{r['teacher_forced_top1']:.3f} | {r['mean_kl']:.4f} | {r['greedy_identical_prompts']}/3 |"
-                     if "teacher_forced_top1" in r else "1 (reference) | 0 | 3/3 |"))
+                     if "teacher_forced_top1" in r else f"- | - | {r['greedy_identical_prompts']}/3 |"
+                     if "greedy_identical_prompts" in r else "1 (reference) | 0 | 3/3 |"))
+    md += _llamacpp_md(out.get("llamacpp"))
     Path(a.out + ".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
