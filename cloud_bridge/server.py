@@ -10,6 +10,10 @@ edge code is written against the same wire format vLLM serves (docs/vllm.md). En
   vLLM's ``return_tokens_as_token_ids`` ("token_id:123"), ``stream``.
 * ``POST /v1/chat/completions``: ``messages`` rendered with the bundle's chat template; ``logprobs``/
   ``top_logprobs``, ``prompt_logprobs``, ``stream``.
+* Both: ``response_format`` = ``{"type": "json_schema", "json_schema": {"name", "schema"}}`` or
+  ``{"type": "json_object"}`` (or ``"text"``), enforced while decoding by a grammar (llguidance) over the
+  model's tokens: the output always parses and matches the schema, unless ``max_tokens`` cuts it short
+  (``finish_reason`` "length"). JSON comes on one line (``json.dumps`` style); a bad ``response_format`` -> 400.
 * ``POST /tokenize``, ``POST /detokenize``, ``GET /v1/models``, ``GET /health`` (no auth), ``GET /metrics``.
 
 Extensions (advertised in ``/health`` and ``/v1/models`` under ``cogenesis.extensions``; clients use them only
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hmac
 import ipaddress
 import json
@@ -51,11 +56,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from .server_cli import API_KEY_ENV, FAULTS
-from .server_engine import Engine, RunInfo, RunRequest, TopLogprobs
+from .server_engine import Engine, GrammarError, RunInfo, RunRequest, StructuredOutputUnavailable, TopLogprobs
 
 log = logging.getLogger("cogenesis.cloud.server")
 
 EXTENSIONS = ("prompt_logprobs_start", "session_prefix_cache")
+RESPONSE_FORMATS = ("text", "json_object", "json_schema")
 SESSION_HEADER = "x-session-id"
 _OPEN_PATHS = {"/health"}
 _DRAIN_LIMIT = 64 << 20  # read (and discard) up to this much of an oversize body so the 413 reaches the client
@@ -206,6 +212,7 @@ def _routes(app: FastAPI, st: _State) -> None:
         echo = bool(body.get("echo", False))
         k_gen = _opt_int(body, "logprobs", 0, cfg.max_logprobs)
         req, k_pl, pl_start = _run_request(body, ids, st, default_max=16, k_gen=k_gen, echo_k=k_gen if echo else None)
+        req.constraint = await _constraint(body, eng)
         as_ids = bool(body.get("return_tokens_as_token_ids", False))
         key = _session_key(request, body)
         _note(request, session=key)
@@ -235,6 +242,7 @@ def _routes(app: FastAPI, st: _State) -> None:
         if "max_completion_tokens" in body and "max_tokens" not in body:
             body = {**body, "max_tokens": body["max_completion_tokens"]}
         req, k_pl, pl_start = _run_request(body, ids, st, default_max=cfg.default_chat_max_tokens, k_gen=k_gen)
+        req.constraint = await _constraint(body, eng)
         key = _session_key(request, body)
         _note(request, session=key)
         created, rid = int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
@@ -256,7 +264,15 @@ def _caps(st: _State) -> dict:
     c = st.settings
     return {"extensions": list(EXTENSIONS), "max_logprobs": c.max_logprobs, "max_tokens": c.max_tokens,
             "max_prompt_tokens": c.max_prompt_tokens, "max_logprob_positions": c.max_logprob_positions,
-            "max_body_bytes": c.max_body_bytes, "session_header": "X-Session-Id"}
+            "max_body_bytes": c.max_body_bytes, "session_header": "X-Session-Id",
+            "response_format": list(RESPONSE_FORMATS) if _has_llguidance() else ["text"]}
+
+
+@functools.lru_cache(maxsize=1)
+def _has_llguidance() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("llguidance") is not None
 
 
 # ---- request parsing -----------------------------------------------------------------------------------------
@@ -375,6 +391,48 @@ def _run_request(body: dict, ids: list[int], st: _State, default_max: int, k_gen
     req = RunRequest(prompt_ids=ids, max_tokens=max_tokens, sampling=sampling, prompt_logprobs=run_k,
                      prompt_logprobs_start=run_start, logprobs=k_gen, stop_ids=stop_ids | set(extra), stop=stop)
     return req, k_pl, start
+
+
+def response_schema(body: dict) -> dict | None:
+    """The JSON schema that ``response_format`` asks for (None: free text); ApiError 400 when malformed."""
+    rf = body.get("response_format")
+    if rf is None:
+        return None
+    kinds = ", ".join(f"'{k}'" for k in RESPONSE_FORMATS)
+    if not isinstance(rf, dict) or not isinstance(rf.get("type"), str):
+        raise ApiError(400, f"'response_format' must be an object with a 'type' ({kinds}), got {rf!r:.200}",
+                       "response_format")
+    kind = rf["type"]
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind != "json_schema":
+        raise ApiError(400, f"response_format type {kind!r:.100} is not supported; use {kinds}", "response_format")
+    js = rf.get("json_schema")
+    if not isinstance(js, dict):
+        raise ApiError(400, "response_format 'json_schema' needs a 'json_schema' object: "
+                            '{"name": "...", "schema": {...JSON Schema...}}', "response_format")
+    if not isinstance(js.get("name"), str) or not js["name"]:
+        raise ApiError(400, "response_format.json_schema.name must be a non-empty string", "response_format")
+    schema = js.get("schema")
+    if not isinstance(schema, dict):
+        raise ApiError(400, f"response_format.json_schema.schema must be a JSON Schema object, got {schema!r:.200}",
+                       "response_format")
+    return schema
+
+
+async def _constraint(body: dict, eng: Engine):
+    """The request's grammar constraint (built off the event loop: the first one loads the token trie)."""
+    schema = response_schema(body)
+    if schema is None:
+        return None
+    try:
+        return await run_in_threadpool(eng.constraint, schema)
+    except GrammarError as e:
+        raise ApiError(400, f"response_format: the JSON schema cannot be enforced: {e}", "response_format") from None
+    except StructuredOutputUnavailable as e:
+        raise ApiError(400, str(e), "response_format") from None
 
 
 def _session_key(request: Request, body: dict) -> str | None:

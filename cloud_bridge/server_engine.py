@@ -6,6 +6,12 @@ session, kept in an LRU. A request reuses the longest prefix its session already
 request costs one token of compute. Positions whose logits a request needs (prompt logprobs) are always
 recomputed, so a request with `prompt_logprobs` from position 0 gets no cache hit; `prompt_logprobs_start`
 (our extension) keeps that cost to the positions asked for.
+
+Structured output (`response_format`): a request may carry a `TokenConstraint`, a JSON-schema grammar compiled by
+llguidance over the model's tokenizer. Before each sampling step the constraint's token mask sets every
+disallowed logit to -inf (logprobs stay those of the raw model, as vLLM reports them); each sampled token
+advances the matcher; the run stops when the grammar is complete (the matcher stops, or the model picks EOS
+once the grammar accepts).
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ class RunRequest:
     logprobs: int | None = None  # k for every generated token
     stop_ids: set[int] = field(default_factory=set)
     stop: list[str] = field(default_factory=list)
+    constraint: TokenConstraint | None = None  # structured output: one per request (it is stateful)
 
 
 @dataclass
@@ -91,6 +98,8 @@ class Engine:
         self._lru = threading.Lock()
         self._compute = threading.Semaphore(max_parallel)
         self.evictions = 0
+        self._grammar_tokenizer = None
+        self._grammar_lock = threading.Lock()
 
     # -- sessions ------------------------------------------------------------------------------------------
     def _new_decoder(self) -> Decoder:
@@ -117,6 +126,31 @@ class Engine:
 
     def session_count(self) -> int:
         return len(self._slots)
+
+    # -- structured output ---------------------------------------------------------------------------------
+    def constraint(self, schema: dict) -> TokenConstraint:
+        """A fresh matcher of the JSON `schema` over this model's vocabulary (GrammarError if it cannot be built).
+
+        Blocks for ~1 s on first use (the tokenizer's token trie); call it off the event loop.
+        """
+        try:
+            import llguidance
+        except ImportError as e:
+            raise StructuredOutputUnavailable(
+                "structured output (response_format) needs the llguidance package on the server: "
+                "pip install 'cogenesis-edge[cloud]'") from e
+        with self._grammar_lock:
+            if self._grammar_tokenizer is None:
+                self._grammar_tokenizer = llguidance.LLTokenizer(
+                    self.model.tokenizer.to_str(), n_vocab=self.vocab_size, eos_token=sorted(self.model.stop_ids))
+        try:
+            grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_LAYOUT)
+        except ValueError as e:
+            raise GrammarError(str(e)) from None
+        matcher = llguidance.LLMatcher(self._grammar_tokenizer, grammar, log_level=0)
+        if matcher.is_error():
+            raise GrammarError(matcher.get_error())
+        return TokenConstraint(matcher, self.vocab_size)
 
     # -- model ---------------------------------------------------------------------------------------------
     def _forward(self, dec: Decoder, ids: list[int], keep: int) -> np.ndarray:
@@ -188,12 +222,15 @@ class Engine:
         sampler = Sampler(req.sampling)
         out = info.completion_ids
         max_stop = max((len(s) for s in req.stop), default=0)
+        con = req.constraint
         for step in range(req.max_tokens):
-            tok = sampler(logits)
+            tok = sampler(logits if con is None else con.mask(logits))
             lp = top_logprobs(logits[None], req.logprobs, np.asarray([tok]))[0] if req.logprobs is not None else None
             if tok in req.stop_ids:
                 yield RunEvent(finish_reason="stop", stop_reason=tok)
                 return
+            if con is not None:
+                con.advance(tok)
             out.append(tok)
             if lp is not None:
                 info.completion_logprobs.append(lp)
@@ -204,11 +241,56 @@ class Engine:
                     yield RunEvent(finish_reason="stop", stop_reason=hit)
                     return
             yield RunEvent(token=tok, logprobs=lp)
+            if con is not None and con.done:  # the grammar is complete and admits nothing more
+                yield RunEvent(finish_reason="stop")
+                return
             if step + 1 == req.max_tokens:
                 break
             logits = self._forward(dec, [tok], 1)[-1]
             info.computed_tokens += 1
         yield RunEvent(finish_reason="length")
+
+
+JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+"""How constrained JSON is laid out: json.dumps's one-line style. No free whitespace, so a small model cannot
+stall in an endless run of newlines; a schema's own "x-guidance" options override this."""
+
+
+class GrammarError(ValueError):
+    """A JSON schema that the grammar compiler rejects (the message says why)."""
+
+
+class StructuredOutputUnavailable(RuntimeError):
+    """Structured output was asked for but llguidance is not installed."""
+
+
+class TokenConstraint:
+    """One request's grammar state: the allowed-token mask before sampling, advanced by each sampled token."""
+
+    def __init__(self, matcher, vocab_size: int):
+        self.matcher = matcher
+        self.vocab_size = vocab_size
+        self._bits = np.zeros((vocab_size + 31) // 32, np.int32)
+
+    def mask(self, logits: np.ndarray) -> np.ndarray:
+        """A copy of `logits` [vocab] with the tokens the grammar forbids at -inf."""
+        if self.matcher.is_error():
+            raise RuntimeError(f"structured output: the grammar matcher failed: {self.matcher.get_error()}")
+        self.matcher.unsafe_compute_mask_ptr(self._bits.ctypes.data, self._bits.nbytes)
+        words = self._bits.astype("<u4")  # bit i of word w allows token 32 * w + i
+        allowed = np.unpackbits(words.view(np.uint8), bitorder="little")[: logits.shape[-1]].astype(bool)
+        if not allowed.any():
+            raise RuntimeError("structured output: the grammar allows no token here")
+        return np.where(allowed, logits, -np.inf).astype(logits.dtype, copy=False)
+
+    def advance(self, token: int) -> None:
+        if not self.matcher.consume_token(token):
+            raise RuntimeError(f"structured output: token {token} rejected by the grammar: {self.matcher.get_error()}")
+
+    @property
+    def done(self) -> bool:
+        """The grammar is complete and accepts no further token (only EOS)."""
+        return self.matcher.is_stopped()
 
 
 def top_logprobs(logits: np.ndarray, k: int | None, tokens: np.ndarray | None = None) -> list[TopLogprobs]:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from cogenesis.cloud_bridge.guard import EgressGuard
+from judge_server import serve_judge
 
 from cogenesis.data.prompts import with_context, without_context
 from cogenesis.data.records import load_context_aware, load_sample
@@ -140,40 +139,11 @@ def test_judge_prompts_hold_the_profile_only_where_they_should():
         judge_messages(rec, "x", "style")
 
 
-class _JudgeHandler(BaseHTTPRequestHandler):
-    calls: list[dict] = []
-
-    def log_message(self, *a):
-        pass
-
-    def _send(self, obj: dict) -> None:
-        data = json.dumps(obj).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self):
-        self._send({"object": "list", "data": [{"id": "judge-model"}]})
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).calls.append(body)
-        text = "Personal and clear. Rating: [[8]]" if "PERSONALIZATION" in body["messages"][-1]["content"] else "7/10"
-        self._send({"choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]})
-
-
 @pytest.fixture()
 def judge_server():
     """A minimal OpenAI-compatible judge over real HTTP on 127.0.0.1 (deterministic ratings)."""
-    _JudgeHandler.calls = []
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _JudgeHandler)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}", _JudgeHandler.calls
-    srv.shutdown()
-    srv.server_close()
+    with serve_judge("Personal and clear. Rating: [[8]]", "7/10") as (url, calls):
+        yield url, calls
 
 
 def test_judge_over_http_is_cached_on_disk(judge_server, tmp_path):

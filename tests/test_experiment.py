@@ -5,38 +5,14 @@ from __future__ import annotations
 
 import json
 import random
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from judge_server import serve_judge
 
 from cogenesis.data.records import load_sample
 from cogenesis.experiment import SYSTEMS, Row, _aggregate, plant_canary, run_experiment
 
 KEY = "experiment-test-key"
-
-
-class _Judge(BaseHTTPRequestHandler):
-    """A minimal OpenAI-compatible judge: 8 for personalization, 7 otherwise."""
-
-    def log_message(self, *a):
-        pass
-
-    def _send(self, obj: dict) -> None:
-        data = json.dumps(obj).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self):
-        self._send({"object": "list", "data": [{"id": "judge-model"}]})
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        text = "Rating: [[8]]" if "PERSONALIZATION" in body["messages"][-1]["content"] else "Rating: [[7]]"
-        self._send({"choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]})
 
 
 def test_plant_canary_and_aggregate():
@@ -71,11 +47,8 @@ def cloud(int4_model):
 
 @pytest.fixture(scope="module")
 def judge_url():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Judge)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
+    with serve_judge() as (url, _):
+        yield url
 
 
 @pytest.mark.slow

@@ -445,3 +445,27 @@ def test_template_placeholders_are_rejected(server, tmp_path):
     assert [(f["step"], f["key"], f["kind"]) for f in bad] == [("groups", "g0", "invalid")]
     assert "template placeholder" in bad[0]["error"]
     assert res.counts["groups"] == 1 and len(res.records) == 2
+
+
+def test_step_schemas_are_sent_unless_switched_off(server, tmp_path):
+    url, fx = server
+    small = {**SMALL, "n_groups": 1, "users_per_group": 1}
+    assert synthesize(tmp_path / "on", url, "m", **small).complete
+    fmts = {f["json_schema"]["name"]: f["json_schema"]["schema"] for f in fx.response_formats}
+    assert all(f["type"] == "json_schema" for f in fx.response_formats)
+    assert set(fmts) == {"group_portrait", "user_profile", "task_list", "written_text"}
+    assert fmts["user_profile"]["additionalProperties"] is False
+    assert fmts["user_profile"]["properties"]["privacy_info"] == {
+        "items": {"type": "string", "maxLength": 160, "pattern": "[A-Za-z0-9]"},
+        "minItems": 3,
+        "maxItems": 7,
+        "title": "Privacy Info",
+        "type": "array",
+    }
+    # tasks: at least history + target tasks, at most that + extra; texts: bounded by max_words
+    assert fmts["task_list"]["properties"]["tasks"]["minItems"] == 4
+    assert fmts["task_list"]["properties"]["tasks"]["maxItems"] == 5
+    assert fmts["written_text"]["properties"]["text"]["maxLength"] == 80 * 8
+    fx.response_formats.clear()
+    assert synthesize(tmp_path / "off", url, "m", structured_output=False, **small).complete
+    assert fx.response_formats and set(map(str, fx.response_formats)) == {"None"}

@@ -78,6 +78,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
             max_attempts=args.attempts,
             timeout=args.timeout,
             response_format={"type": "json_object"} if args.json_mode else None,
+            structured_output=not args.no_structured_output,
             limit=args.limit,
             progress=not args.quiet,
         )
@@ -121,6 +122,9 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     sy.add_argument("--timeout", type=float, default=120.0)
     sy.add_argument("--limit", type=int, help="stop after this many new items (resume later)")
     sy.add_argument("--json-mode", action="store_true", help='send response_format={"type":"json_object"}')
+    sy.add_argument("--no-structured-output", action="store_true",
+                    help="do not send each step's JSON schema as response_format (for servers without structured "
+                    "output; replies are still validated and retried)")
     sy.add_argument("--quiet", action="store_true", help="no progress bars")
     sy.set_defaults(func=cmd_synth)
     return data

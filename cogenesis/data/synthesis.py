@@ -7,7 +7,10 @@ Steps (each checkpointed to ``<out_dir>/<step>.jsonl``, one complete JSON line p
 3. ``tasks``    writing tasks fitted to each user (past-writing tasks + target tasks + extra tasks);
 4. ``texts``    personalized texts in the user's voice for the past-writing and target tasks.
 
-Every response is parsed tolerantly (code fences, prose around the JSON, trailing commas), validated with
+Each request sends the step's JSON schema as ``response_format`` (``json_schema``, derived from the pydantic
+models: see :func:`step_schema`), so a server with structured output (vLLM, OpenAI, ``cogenesis cloud serve``)
+decodes valid JSON even from a small model; ``structured_output=False`` turns it off for servers without it.
+Every response is still parsed tolerantly (code fences, prose around the JSON, trailing commas), validated with
 pydantic and deduplicated by a normalized-text key; a bad response is retried (the validation error is fed
 back), and after ``max_attempts`` the unit becomes a row in ``failures.jsonl``. A crashed or aborted run
 resumes where it stopped: finished keys are skipped, a torn last line is repaired, failed units are retried.
@@ -151,6 +154,11 @@ StrList = Annotated[list[str], BeforeValidator(_listify)]
 """A list of short strings; a ';'- or newline-separated string is split into one."""
 
 
+def _short(n: int) -> dict[str, Any]:
+    """A generation bound for the JSON schema sent as ``response_format`` (validation does not enforce it)."""
+    return {"maxLength": n}
+
+
 class _Schema(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -168,7 +176,7 @@ class GroupPortrait(_Schema):
     name: str = Field(min_length=3, max_length=120)
     description: str = Field(min_length=20)
     occupations: StrList = Field(min_length=1)
-    age_range: str = ""
+    age_range: str = Field("", json_schema_extra=_short(40))
     typical_concerns: StrList = Field(default_factory=list)
 
     @field_validator("age_range", mode="before")
@@ -181,9 +189,9 @@ class UserProfile(_Schema):
     """Step 2: one fictional user with explicit private facts and device-usage traces."""
 
     name: str = Field(min_length=3, max_length=80)
-    age: str
-    occupation: str = Field(min_length=2)
-    location: str = Field(min_length=2)
+    age: str = Field(json_schema_extra=_short(20))
+    occupation: str = Field(min_length=2, json_schema_extra=_short(120))
+    location: str = Field(min_length=2, json_schema_extra=_short(120))
     personal_traits: StrList = Field(min_length=2)
     writing_style: StrList = Field(min_length=2)
     privacy_info: StrList = Field(min_length=3)
@@ -251,6 +259,63 @@ class WrittenText(_Schema):
         return d
 
 
+# ---------------------------------------------------------------- response_format (structured output)
+
+SCHEMA_MAX_ITEMS = 7
+"""Longest list a constrained decoder may write (the prompts ask for 3-7 items)."""
+SCHEMA_MAX_CHARS = 600
+"""Longest free-text field (a description of 2-3 sentences), where the pydantic field sets none."""
+SCHEMA_ITEM_CHARS = 160
+"""Longest list item (a short phrase)."""
+
+
+def step_schema(
+    model: type[BaseModel],
+    max_items: int = SCHEMA_MAX_ITEMS,
+    max_chars: int = SCHEMA_MAX_CHARS,
+    item_chars: int = SCHEMA_ITEM_CHARS,
+    **props: dict[str, Any],
+) -> dict[str, Any]:
+    """The JSON schema a server should decode for ``model``: ``model.model_json_schema()``, closed.
+
+    Closed means no extra keys (``additionalProperties: false``) and bounded: strings and lists without a
+    maximum get one (``max_chars``, ``item_chars`` for list items, ``max_items``), so a constrained decoder
+    always finishes; short strings need a letter or digit (``pattern``, unanchored, as the placeholder check).
+    ``props`` update single properties first, e.g. ``text={"maxLength": 800}``. Validation stays the pydantic
+    model's (more tolerant than this schema).
+    """
+    schema = model.model_json_schema()
+
+    def close(node: Any, item: bool = False) -> None:
+        if not isinstance(node, dict):
+            return
+        kind = node.get("type")
+        if kind == "object" and "properties" in node:
+            node.setdefault("additionalProperties", False)
+        elif kind == "string":
+            node.setdefault("maxLength", item_chars if item else max_chars)
+            if node.get("minLength", 0) < 10:  # with a long minLength the pattern makes the grammar too large
+                node.setdefault("pattern", "[A-Za-z0-9]")
+        elif kind == "array":
+            node.setdefault("maxItems", max(max_items, node.get("minItems", 0)))
+            close(node.get("items"), item=True)
+        for sub in [*node.get("properties", {}).values(), *node.get("$defs", {}).values()]:
+            close(sub)
+        for key in ("anyOf", "oneOf", "allOf"):
+            for sub in node.get(key, []):
+                close(sub, item)
+
+    for name, extra in props.items():
+        schema["properties"][name].update(extra)
+    close(schema)
+    return schema
+
+
+def schema_format(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI/vLLM ``response_format`` for a JSON schema."""
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}
+
+
 # ---------------------------------------------------------------- HTTP client
 
 
@@ -293,15 +358,19 @@ class ChatClient:
             s = self._local.session = requests.Session()
         return s
 
-    def chat(self, messages: list[dict[str, str]]) -> str:
-        """Send one chat request; return the assistant message content."""
+    def chat(self, messages: list[dict[str, str]], response_format: dict[str, Any] | None = None) -> str:
+        """Send one chat request; return the assistant message content.
+
+        ``response_format`` (this request's) takes precedence over the client's.
+        """
         body: dict[str, Any] = {"model": self.model, "messages": messages, **self.extra_body}
         if self.temperature is not None:
             body["temperature"] = self.temperature
         if self.max_tokens is not None:
             body["max_tokens"] = self.max_tokens
-        if self.response_format is not None:
-            body["response_format"] = self.response_format
+        fmt = response_format if response_format is not None else self.response_format
+        if fmt is not None:
+            body["response_format"] = fmt
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -320,7 +389,10 @@ class ChatClient:
                 last = f"HTTP {r.status_code}: {r.text[:200]}"
                 continue
             if r.status_code >= 400:
-                raise GeneratorError(f"{self.url}: HTTP {r.status_code}: {r.text[:300]}")
+                hint = ""
+                if fmt is not None and "response_format" in r.text:
+                    hint = " (a server without structured output: run with structured_output=False, or --no-structured-output)"
+                raise GeneratorError(f"{self.url}: HTTP {r.status_code}: {r.text[:300]}{hint}")
             try:
                 content = r.json()["choices"][0]["message"]["content"]
             except (ValueError, KeyError, IndexError, TypeError):
@@ -461,20 +533,57 @@ _JSON_SYSTEM = (
     "Everything you write is fictional. Reply with one JSON object only, no commentary."
 )
 
+# How each prompt names its JSON fields: a JSON template (servers without structured output need the exact
+# keys), or, when the server enforces the schema, the same hints in words: a small model copies a template's
+# placeholder values verbatim far more often than it copies prose.
+_FIELDS = {
+    "groups": (
+        "JSON fields:\n"
+        '{"name": "short group name", "description": "2-3 sentences on their life and writing needs", '
+        '"occupations": ["3-5 typical jobs"], "age_range": "e.g. 30-45", '
+        '"typical_concerns": ["3-5 things they worry about or keep private"]}',
+        "Reply with a JSON object with the fields name (a short name for the group), description (2-3 "
+        "sentences on their life and writing needs), occupations (3-5 typical jobs), age_range (like 30-45) "
+        "and typical_concerns (3-5 things they worry about or keep private).",
+    ),
+    "profiles": (
+        "JSON fields (lists have 3-7 short items):\n"
+        '{"name": "...", "age": 0, "occupation": "...", "location": "City, Region", '
+        '"personal_traits": [...], "writing_style": ["how they write: tone, sentence length, habits"], '
+        '"privacy_info": ["explicit private facts: health, money, family, secrets, routines"], '
+        '"smart_device_usage": ["traces on their devices: apps, alerts, searches, purchases, messages"], '
+        '"ai_assistant_usage": ["what they ask an AI assistant to do"]}',
+        "Reply with a JSON object with the fields name (their full name), age, occupation, location (their "
+        "city and region), personal_traits, writing_style (their tone, sentence length and habits when they "
+        "write), privacy_info (explicit private facts about their health, money, family, secrets and "
+        "routines), smart_device_usage (traces on their devices: apps, alerts, searches, purchases and "
+        "messages) and ai_assistant_usage (what they ask an AI assistant to do). Lists have 3-7 short items.",
+    ),
+    "tasks": (
+        'JSON: {"tasks": [{"title": "Write ...", "description": "one sentence on what the text must do"}]}',
+        "Reply with a JSON object whose field tasks lists them, each with a title and a description (one "
+        "sentence on what the text must do).",
+    ),
+    "texts": ('JSON: {"text": "..."}', "Reply with a JSON object whose field text holds the text."),
+}
 
-def _group_prompt(hint: str, avoid: list[str]) -> list[dict[str, str]]:
+
+def _fields(step: str, structured: bool) -> str:
+    return _FIELDS[step][1 if structured else 0]
+
+
+def _group_prompt(hint: str, avoid: list[str], structured: bool = False) -> list[dict[str, str]]:
     avoid_txt = f"\nAlready covered (choose a different group): {'; '.join(avoid[:30])}" if avoid else ""
     user = (
         f"Describe one group of people who use an AI writing assistant, drawn from: {hint}.{avoid_txt}\n"
-        "Be specific about their life situation. JSON fields:\n"
-        '{"name": "short group name", "description": "2-3 sentences on their life and writing needs", '
-        '"occupations": ["3-5 typical jobs"], "age_range": "e.g. 30-45", '
-        '"typical_concerns": ["3-5 things they worry about or keep private"]}'
+        f"Be specific about their life situation. {_fields('groups', structured)}"
     )
     return [{"role": "system", "content": _JSON_SYSTEM}, {"role": "user", "content": user}]
 
 
-def _profile_prompt(group: dict[str, Any], index: int, total: int, avoid: list[str]) -> list[dict[str, str]]:
+def _profile_prompt(
+    group: dict[str, Any], index: int, total: int, avoid: list[str], structured: bool = False
+) -> list[dict[str, str]]:
     avoid_txt = (
         f"\nOther users already in this group (make this one clearly different): {'; '.join(avoid[:30])}"
         if avoid
@@ -484,13 +593,7 @@ def _profile_prompt(group: dict[str, Any], index: int, total: int, avoid: list[s
         f"User group: {group['name']} - {group['description']}\n"
         f"Typical jobs: {', '.join(group.get('occupations', []))}\n"
         f"Create user {index + 1} of {total} from this group: one fictional person with a full name, a city, "
-        f"and concrete private details.{avoid_txt}\n"
-        "JSON fields (lists have 3-7 short items):\n"
-        '{"name": "...", "age": 0, "occupation": "...", "location": "City, Region", '
-        '"personal_traits": [...], "writing_style": ["how they write: tone, sentence length, habits"], '
-        '"privacy_info": ["explicit private facts: health, money, family, secrets, routines"], '
-        '"smart_device_usage": ["traces on their devices: apps, alerts, searches, purchases, messages"], '
-        '"ai_assistant_usage": ["what they ask an AI assistant to do"]}'
+        f"and concrete private details.{avoid_txt}\n{_fields('profiles', structured)}"
     )
     return [{"role": "system", "content": _JSON_SYSTEM}, {"role": "user", "content": user}]
 
@@ -499,27 +602,26 @@ def _render_profile(profile: dict[str, str]) -> str:
     return "\n".join(f"{k.replace('_', ' ')}: {v}" for k, v in profile.items() if v)
 
 
-def _tasks_prompt(profile: dict[str, str], n: int) -> list[dict[str, str]]:
+def _tasks_prompt(profile: dict[str, str], n: int, structured: bool = False) -> list[dict[str, str]]:
     user = (
         f"User profile:\n{_render_profile(profile)}\n\n"
         f"Write {n} different writing tasks this user would really ask an assistant for: emails, posts, "
         "letters, plans, guides, speeches... Fit them to the user's job, life and private situation; some "
         "should only make full sense with their private details. Each title is an imperative sentence.\n"
-        'JSON: {"tasks": [{"title": "Write ...", "description": "one sentence on what the text must do"}]}'
+        + _fields("tasks", structured)
     )
     return [{"role": "system", "content": _JSON_SYSTEM}, {"role": "user", "content": user}]
 
 
 def _text_prompt(
-    profile: dict[str, str], task: dict[str, str], min_words: int, max_words: int
+    profile: dict[str, str], task: dict[str, str], min_words: int, max_words: int, structured: bool = False
 ) -> list[dict[str, str]]:
     user = (
         f"User profile:\n{_render_profile(profile)}\n\n"
         f"Task: {task['title']}: {task['description']}\n\n"
         f"Write the text this user would write for the task, as the user, in first person, {min_words}-"
         f"{max_words} words, strictly in their writing style. Use a few of their personal and private details "
-        "naturally. No title line.\n"
-        'JSON: {"text": "..."}'
+        "naturally. No title line.\n" + _fields("texts", structured)
     )
     return [{"role": "system", "content": _JSON_SYSTEM}, {"role": "user", "content": user}]
 
@@ -535,6 +637,7 @@ class _Unit:
     make_row: Callable[[Any], dict[str, Any]]  # validated object -> row (with 'dedup'); ValueError = reject
     check: Callable[[Any], None] | None = None  # extra validation; raise ValueError to retry
     text_fallback: bool = False
+    response_format: dict[str, Any] | None = None  # this step's structured-output request (set by synthesize)
 
 
 class _UnitFailed(Exception):
@@ -595,7 +698,7 @@ def _run_unit(client: ChatClient, unit: _Unit, store: JsonlStore, max_attempts: 
     error = ""
     for attempt in range(1, max_attempts + 1):
         try:
-            raw = client.chat(messages)
+            raw = client.chat(messages, response_format=unit.response_format)
         except GeneratorError as e:
             raise _UnitFailed("http", str(e), attempt, raw) from None
         try:
@@ -722,7 +825,7 @@ class SynthesisResult:
         )
 
 
-def _group_units(n_groups: int, groups: JsonlStore) -> list[_Unit]:
+def _group_units(n_groups: int, groups: JsonlStore, structured: bool = False) -> list[_Unit]:
     units = []
     for i in range(n_groups):
         key = f"g{i}"
@@ -732,13 +835,15 @@ def _group_units(n_groups: int, groups: JsonlStore) -> list[_Unit]:
             return {"dedup": normalize_key(obj.name), "group_id": i, **obj.model_dump()}
 
         def msgs(hint: str = hint) -> list[dict[str, str]]:
-            return _group_prompt(hint, [r["name"] for r in groups.values()])
+            return _group_prompt(hint, [r["name"] for r in groups.values()], structured)
 
         units.append(_Unit(key, msgs, GroupPortrait, make))
     return units
 
 
-def _profile_units(users_per_group: int, groups: JsonlStore, profiles: JsonlStore) -> list[_Unit]:
+def _profile_units(
+    users_per_group: int, groups: JsonlStore, profiles: JsonlStore, structured: bool = False
+) -> list[_Unit]:
     units = []
     for g in sorted(groups.values(), key=lambda r: r["group_id"]):
 
@@ -748,7 +853,7 @@ def _profile_units(users_per_group: int, groups: JsonlStore, profiles: JsonlStor
                 for r in profiles.values()
                 if r["group_id"] == g["group_id"]
             ]
-            return _profile_prompt(g, u, users_per_group, avoid)
+            return _profile_prompt(g, u, users_per_group, avoid, structured)
 
         for u in range(users_per_group):
             key = f"g{g['group_id']}_u{u}"
@@ -778,7 +883,7 @@ def _dedup_tasks(tasks: Iterable[WritingTask]) -> list[dict[str, str]]:
     return out
 
 
-def _task_units(n_needed: int, n_total: int, profiles: JsonlStore) -> list[_Unit]:
+def _task_units(n_needed: int, n_total: int, profiles: JsonlStore, structured: bool = False) -> list[_Unit]:
     units = []
     for p in sorted(profiles.values(), key=lambda r: (r["group_id"], r["user_id"])):
 
@@ -796,12 +901,21 @@ def _task_units(n_needed: int, n_total: int, profiles: JsonlStore) -> list[_Unit
                 "tasks": tasks,
             }
 
-        units.append(_Unit(p["key"], lambda p=p: _tasks_prompt(p["profile"], n_total), TaskList, make, check))
+        units.append(
+            _Unit(
+                p["key"], lambda p=p: _tasks_prompt(p["profile"], n_total, structured), TaskList, make, check
+            )
+        )
     return units
 
 
 def _text_units(
-    n_texts: int, profiles: JsonlStore, tasks: JsonlStore, min_words: int, max_words: int
+    n_texts: int,
+    profiles: JsonlStore,
+    tasks: JsonlStore,
+    min_words: int,
+    max_words: int,
+    structured: bool = False,
 ) -> list[_Unit]:
     units = []
     floor = max(10, min_words // 3)
@@ -824,7 +938,9 @@ def _text_units(
             units.append(
                 _Unit(
                     f"{t['key']}_t{j}",
-                    lambda prof=prof, task=task: _text_prompt(prof["profile"], task, min_words, max_words),
+                    lambda prof=prof, task=task: _text_prompt(
+                        prof["profile"], task, min_words, max_words, structured
+                    ),
                     WrittenText,
                     make,
                     check,
@@ -832,6 +948,21 @@ def _text_units(
                 )
             )
     return units
+
+
+def _step_formats(
+    n_needed: int, n_total: int, min_words: int, max_words: int, **bounds: int
+) -> dict[str, dict[str, Any]]:
+    """Each step's ``response_format``: its pydantic schema, closed and fitted to this run's sizes."""
+    floor = max(10, min_words // 3)  # as _text_units checks
+    tasks = {"minItems": n_needed, "maxItems": max(n_needed, n_total)}
+    text = {"minLength": floor * 5, "maxLength": max(floor * 5, max_words * 8)}
+    return {
+        "groups": schema_format("group_portrait", step_schema(GroupPortrait, **bounds)),
+        "profiles": schema_format("user_profile", step_schema(UserProfile, **bounds)),
+        "tasks": schema_format("task_list", step_schema(TaskList, **bounds, tasks=tasks)),
+        "texts": schema_format("written_text", step_schema(WrittenText, **bounds, text=text)),
+    }
 
 
 def build_records(
@@ -899,6 +1030,8 @@ def synthesize(
     temperature: float | None = 0.9,
     max_tokens: int | None = 1500,
     response_format: dict[str, Any] | None = None,
+    structured_output: bool = True,
+    schema_bounds: dict[str, int] | None = None,
     extra_body: dict[str, Any] | None = None,
     limit: int | None = None,
     abort_after: int = 8,
@@ -909,10 +1042,14 @@ def synthesize(
     """Run (or resume) the four-step pipeline into ``out_dir`` and export ``out_dir/export_name``.
 
     ``n_groups`` x ``users_per_group`` users, each with ``history_per_user`` past writings and
-    ``tasks_per_user`` target tasks (one exported record each). ``response_format`` (e.g.
-    ``{"type": "json_object"}``) is passed through when the server supports it. ``limit`` stops after that
-    many new finished units (a partial, resumable run). Raises :class:`SynthesisAborted` after
-    ``abort_after`` consecutive endpoint failures; everything finished so far stays checkpointed.
+    ``tasks_per_user`` target tasks (one exported record each). With ``structured_output`` every request
+    carries its step's JSON schema as ``response_format`` (see :func:`step_schema`); set it False for servers
+    without structured output. An explicit ``response_format`` (e.g. ``{"type": "json_object"}``) is sent
+    with every request instead. Replies are validated (and retried) either way. ``schema_bounds`` overrides
+    the schemas' generation bounds (``max_items``, ``max_chars``, ``item_chars``: see :func:`step_schema`).
+    ``limit`` stops after that many new finished units (a partial, resumable run). Raises
+    :class:`SynthesisAborted` after ``abort_after`` consecutive endpoint failures; everything finished so far
+    stays checkpointed.
     """
     if min(n_groups, users_per_group, tasks_per_user) < 1 or history_per_user < 1:
         raise ValueError("n_groups, users_per_group, tasks_per_user and history_per_user must be >= 1")
@@ -944,6 +1081,11 @@ def synthesize(
     failures = FailureLog(d / "failures.jsonl")
     state = _RunState(limit)
     n_texts = history_per_user + tasks_per_user
+    formats = (
+        _step_formats(n_texts, n_texts + extra_tasks, min_words, max_words, **(schema_bounds or {}))
+        if structured_output and response_format is None
+        else {}
+    )
     common = dict(
         failures=failures,
         client=client,
@@ -955,25 +1097,20 @@ def synthesize(
     )
     requests_before = client.requests_made
     try:
-        _run_step("groups", _group_units(n_groups, stores["groups"]), stores["groups"], **common)
-        _run_step(
-            "profiles",
-            _profile_units(users_per_group, stores["groups"], stores["profiles"]),
-            stores["profiles"],
-            **common,
-        )
-        _run_step(
-            "tasks",
-            _task_units(n_texts, n_texts + extra_tasks, stores["profiles"]),
-            stores["tasks"],
-            **common,
-        )
-        _run_step(
-            "texts",
-            _text_units(n_texts, stores["profiles"], stores["tasks"], min_words, max_words),
-            stores["texts"],
-            **common,
-        )
+        sch = bool(formats)
+        units: dict[str, Callable[[], list[_Unit]]] = {
+            "groups": lambda: _group_units(n_groups, stores["groups"], sch),
+            "profiles": lambda: _profile_units(users_per_group, stores["groups"], stores["profiles"], sch),
+            "tasks": lambda: _task_units(n_texts, n_texts + extra_tasks, stores["profiles"], sch),
+            "texts": lambda: _text_units(
+                n_texts, stores["profiles"], stores["tasks"], min_words, max_words, sch
+            ),
+        }
+        for step in STEPS:  # each step's units are built once the previous step is done
+            step_units = units[step]()
+            for u in step_units:
+                u.response_format = formats.get(step)
+            _run_step(step, step_units, stores[step], **common)
     finally:
         records = build_records(d, history_per_user, tasks_per_user)
         export = save_context_aware(records, d / export_name)
