@@ -338,12 +338,16 @@ def cogenerate(
     detokenize: Callable[[list[int]], str] | None = None,
     on_token: Callable[[int], None] | None = None,
     repetition_penalty: float = 1.0,
+    cloud_mask: Iterable[int] = (),
 ) -> CogenResult:
     """Generate with fusion on a Decoder-like object (``forward(ids, keep)``, ``truncate(n)``, ``reset()``,
     ``length``). ``guard_scan(ids) -> True`` when the generated ids about to be sent reveal private context:
     the cloud is then no longer consulted. A cloud error also ends fusion; the reply finishes locally.
     ``on_token`` is called with each token of the reply as it is decided (block mode: in bursts).
-    ``repetition_penalty`` applies to the local logits over the reply (as the runtime's generate does)."""
+    ``repetition_penalty`` applies to the local logits over the reply (as the runtime's generate does).
+    ``cloud_mask``: token ids dropped from every cloud top-k before fusion (the first tokens of the sanitizer's
+    placeholders: the cloud saw "[private detail]" where the device knows the fact, so only the device may
+    propose those tokens)."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if repetition_penalty <= 0:
@@ -354,6 +358,7 @@ def cogenerate(
     greedy = cfg.temperature == 0
     stops = set(int(t) for t in stop_ids)
     cloud_prompt = [int(t) for t in cloud_prompt_ids]
+    mask = {int(t) for t in cloud_mask}
     t_start = time.perf_counter()
     loc = _Local(decoder)
     logits = _prefill(decoder, loc, [int(t) for t in local_prompt_ids])
@@ -387,6 +392,8 @@ def cogenerate(
             res.cloud_s += dt
         res.round_trips += 1
         cloud_ema = dt if cloud_ema is None else 0.7 * cloud_ema + 0.3 * dt
+        if mask:
+            out = [{t: v for t, v in pos.items() if t not in mask} if pos else pos for pos in out]
         return out
 
     def pick(lp: np.ndarray) -> tuple[int, np.ndarray | None]:
@@ -564,6 +571,7 @@ def write_logits(
     cloud_messages: list[dict] | None = None,
     on_token: Callable[[int], None] | None = None,
     repetition_penalty: float = 1.0,
+    placeholders: Sequence[str] = (),
 ) -> CogenResult:
     """Write a reply to ``instruction`` with logit fusion (``block=True``: block fusion).
 
@@ -571,7 +579,8 @@ def write_logits(
     ``without_context(instruction)`` as token ids plus the generated tokens. ``guard`` (an EgressGuard with the
     session's context) scans each outgoing token sequence first when ``stop_on_flag``; on a finding the cloud is
     not consulted again. ``rule``: learned | mean | max | weight (``weight`` = the local model's share) | local
-    | cloud. ``schedule``: (P, K, T), see :class:`cogenesis.fusion.Schedule`.
+    | cloud. ``schedule``: (P, K, T), see :class:`cogenesis.fusion.Schedule`. ``placeholders``: the texts the
+    sanitizer put into the cloud's instruction; the cloud may not propose their first tokens (``cloud_mask``).
     """
     from cogenesis.data.prompts import with_context, without_context
 
@@ -591,7 +600,19 @@ def write_logits(
         sampling=SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed),
         stop_ids=model.stop_ids, k=k, draft_k=draft_k, draft_k_max=draft_k_max, adapt_k=adapt_k,
         guard_scan=scan, detokenize=model.decode, on_token=on_token, repetition_penalty=repetition_penalty,
+        cloud_mask=placeholder_ids(model.tokenizer, placeholders),
     )
+
+
+def placeholder_ids(tokenizer, placeholders: Iterable[str]) -> set[int]:
+    """First token ids of each placeholder text, alone and after a space (how it appears mid-sentence)."""
+    ids: set[int] = set()
+    for p in placeholders:
+        for variant in (p, " " + p):
+            enc = tokenizer.encode(variant, add_special_tokens=False).ids
+            if enc:
+                ids.add(int(enc[0]))
+    return ids
 
 
 # ---------------------------------------------------------------- modes of cogenesis.write
@@ -624,11 +645,14 @@ def _write_mode(block: bool):
 
         before = client.requests_sent
         t0 = time.perf_counter()
+        cloud_instruction = job.cloud_instruction()
         res = write_logits(
             job.instruction, job.context, job.model, client, block=block,
             local_messages=with_context(job.instruction, job.context),
-            cloud_messages=without_context(job.cloud_instruction()),
-            guard=client.guard, on_token=on_token, **opts, **job.gen,
+            cloud_messages=without_context(cloud_instruction),
+            guard=client.guard, on_token=on_token,
+            placeholders=sorted({new for _, new in job.result.changes if new.startswith("[") and new in cloud_instruction}),
+            **opts, **job.gen,
         )
         job.emit(sd.flush())
         r = job.result

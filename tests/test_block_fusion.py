@@ -415,3 +415,23 @@ def test_server_dies_mid_generation_finishes_locally(edge_model, mode):
     assert "Cloud" in fus["fallback"]["error"] and res.fallback
     assert fus["tokens"] == 24 or fus["stop_reason"] == "stop_token"
     assert res.text and res.mode_used == mode
+
+
+@pytest.mark.parametrize("block", [False, True])
+def test_cloud_mask_keeps_placeholder_tokens_to_the_device(block):
+    """Tokens in ``cloud_mask`` (the sanitizer's placeholders) are never proposed by the cloud: with the
+    cloud-only rule they vanish from the output; with the learned net the run still works."""
+    from collections import Counter
+
+    def run(rule, mask=()):
+        dec = ToyDecoder(toy_logits(7, 9))
+        cloud = ToyCloud(toy_logits(1007, 9))
+        return cogenerate(dec, LOCAL_PROMPT, cloud, CLOUD_PROMPT, Fuser(rule), block=block, max_new_tokens=40,
+                          k=4, draft_k=3, adapt_k=False, cloud_mask=mask)
+
+    plain = run("cloud")
+    common = [t for t, _ in Counter(plain.tokens).most_common(2)]
+    masked = run("cloud", common)
+    assert not set(common) & set(masked.tokens) and len(masked.tokens) == 40
+    assert masked.round_trips > 0 and masked.fused_steps > 0
+    assert len(run("learned", common).tokens) == 40
