@@ -124,6 +124,9 @@ def export_bundle(model: str | None, out: str | Path, quant: str = "int4", targe
     t0 = time.time()
     steps.set_postfix_str("source model")
     src = resolve_source(model)
+    if quant == "int4-fast" and src.gguf is None:
+        raise BundleError(f"--quant int4-fast re-uses a GGUF's own 4-bit codes and {model} is not a .gguf source; "
+                          "use --quant int4 (MatMulNBits) or int8, or export from the .gguf file")
     steps.update()
     steps.set_postfix_str("fp32 graph (onnxruntime-genai builder)")
     fp32_path = _fp32_cached(src.hf_dir)

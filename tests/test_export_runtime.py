@@ -269,6 +269,14 @@ def test_hub_id_gives_clear_error():
         resolve_source("HuggingFaceTB/SmolLM2-360M-Instruct")
 
 
+def test_int4_fast_needs_gguf_codes(hf_dir, tmp_path):
+    from cogenesis.export.pipeline import export_bundle
+
+    with pytest.raises(BundleError, match="not a .gguf source"):
+        export_bundle(str(hf_dir), tmp_path / "b", quant="int4-fast", progress=False)
+    assert not (tmp_path / "b").exists()
+
+
 # -- CLI journeys ---------------------------------------------------------------------------------------------
 def _cli(*args, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cogenesis.cli", *args], capture_output=True, text=True, cwd=ROOT,
