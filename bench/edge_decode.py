@@ -394,6 +394,8 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--one", nargs=3, metavar=("KIND", "PATH", "THREADS"), help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(RESULTS / "edge_decode"))
+    ap.add_argument("--configs", nargs="+", default=None, metavar="SUBSTR",
+                    help="only the rows whose name contains one of these (e.g. eager 'ORT int4' llama.cpp)")
     ap.add_argument("--llamacpp-check", action="store_true",
                     help="only: llama.cpp vs our int4 bundle, greedy tokens on the parity prompts (no torch)")
     a = ap.parse_args()
@@ -432,6 +434,8 @@ def main() -> None:
         configs.append((f"llama.cpp ({lc_info['release']}, same GGUF)", "llamacpp", str(gguf), None))
     else:
         print(f"llama.cpp not installed: its row is skipped (install: {LLAMACPP_INSTALL}, needs node >= 20 + npm)")
+    if a.configs:
+        configs = [c for c in configs if any(sub in c[0] for sub in a.configs)]
     bw = bandwidth_gbs()
     from cogenesis.export.report import PARITY_PROMPTS, bundle_parity, reference_runs
     from cogenesis.runtime.model import KVSpec
