@@ -314,7 +314,6 @@ CANARIES = ["Zelphine", "Quarrington", "Vexmouth", "Lorindale", "CNRY7Q113X", "v
 
 @pytest.fixture(scope="module")
 def cloud_server(edge_model, tmp_path_factory):
-    pytest.importorskip("fastapi", reason="the reference server needs the cloud extra (make test installs it)")
     from cogenesis.cloud_bridge.server import create_app, serve_in_thread
 
     cap = tmp_path_factory.mktemp("fusion-cloud") / "capture.jsonl"
@@ -387,7 +386,6 @@ def test_canary_never_reaches_the_server(cloud_server, edge_model, mode):
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["logits", "logits-block"])
 def test_server_dies_mid_generation_finishes_locally(edge_model, mode):
-    pytest.importorskip("fastapi", reason="the reference server needs the cloud extra (make test installs it)")
     from cogenesis.cloud_bridge.server import create_app, serve_in_thread
 
     from cogenesis.write import write

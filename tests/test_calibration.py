@@ -67,7 +67,6 @@ def test_extract_matches_the_model(edge_model):
 
 
 def test_learned_fusion_beats_the_worse_single_model_on_heldout(sample_set, tmp_path):
-    pytest.importorskip("torch", reason="training needs the calibration extra (torch==2.13.0; make test installs it)")
     from cogenesis.calibration.train_fusion import TrainConfig, calibrate
 
     rep = calibrate(sample_set, tmp_path, TrainConfig(), log=lambda *_: None)
@@ -94,7 +93,6 @@ def test_split_keeps_users_apart(sample_set):
 
 
 def test_cli_entry_writes_artifact_report_and_plot(sample_set, tmp_path):
-    pytest.importorskip("torch", reason="training needs the calibration extra (torch==2.13.0; make test installs it)")
     from cogenesis.calibration.train_fusion import main
 
     cache = tmp_path / "cal.npz"
@@ -108,7 +106,6 @@ def test_cli_entry_writes_artifact_report_and_plot(sample_set, tmp_path):
 @pytest.mark.slow
 def test_learned_fusion_on_shared_dev_data(shared_data, edge_bundle, edge_model, tmp_path):
     """Same check on the authors' real dev data (first 24 records x 24 tokens, cached)."""
-    pytest.importorskip("torch", reason="training needs the calibration extra (torch==2.13.0; make test installs it)")
     from cogenesis.calibration.train_fusion import TrainConfig, calibrate
 
     from cogenesis.data.records import load_context_aware

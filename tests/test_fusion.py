@@ -165,7 +165,7 @@ def test_shipped_net_is_small_and_versioned():
 
 
 def test_numpy_inference_matches_torch():
-    torch = pytest.importorskip("torch", reason="needs the calibration extra (torch==2.13.0; make test installs it)")
+    import torch  # the calibration extra (torch==2.13.0; make test installs it)
     from cogenesis.calibration.train_fusion import _torch_mlp, to_fusion_net, torch_weight
 
     torch.manual_seed(0)

@@ -23,7 +23,6 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from cogenesis.data.records import load_context_aware
 from cogenesis.data.synthesis import STEPS, GroupPortrait, _step_formats, synthesize
 
-pytest.importorskip("llguidance", reason="llguidance is not installed (it is in the cloud extra: pip install -e '.[cloud]')")
 pytestmark = pytest.mark.slow
 
 KEY = "structured-test-key"
