@@ -120,6 +120,8 @@ _PATTERN_REPLACEMENT = {
     "street_address": "[address]",
 }
 _FACT_REPLACEMENT = "[private detail]"
+# Every bracketed stand-in the sanitizer writes: text a cloud model sees where only the device knows the fact.
+PLACEHOLDERS = frozenset({*_PATTERN_REPLACEMENT.values(), _FACT_REPLACEMENT, "[private]"})
 
 
 @dataclass(frozen=True)
@@ -510,9 +512,9 @@ def sanitize_instruction(
 ) -> SanitizeResult:
     """Rewrite the private facts an instruction names, on-device and deterministically: the user's name ->
     "the user", their city -> "the city", e-mails/phones -> "[email]"/"[phone]", identifier-like tokens ->
-    "[identifier]", and any run of >= 3 content words shared with a private fact or past writing ->
-    "a personal matter". `rewrite` (e.g. a local model) may then polish the text; its output is kept only if
-    it re-introduces nothing private. `changes` lists every (original, replacement) so the user can check."""
+    "[private]", and any run of >= 3 content words shared with a private fact or past writing ->
+    "[private detail]" (every bracketed stand-in is in `PLACEHOLDERS`). `rewrite` (e.g. a local model) may then
+    polish the text; its output is kept only if it re-introduces nothing private. `changes` lists every (original, replacement) so the user can check."""
     return EgressGuard(context, mode="off").sanitize(instruction, rewrite=rewrite)
 
 

@@ -39,7 +39,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from cogenesis.cloud_bridge.guard import PrivacyViolation
+from cogenesis.cloud_bridge.guard import PLACEHOLDERS, PrivacyViolation
 from cogenesis.fusion import DEFAULT_K, Fuser, FusionNet, Schedule
 from cogenesis.runtime.sampling import Sampler, SamplingConfig, log_softmax
 
@@ -651,7 +651,7 @@ def _write_mode(block: bool):
             local_messages=with_context(job.instruction, job.context),
             cloud_messages=without_context(cloud_instruction),
             guard=client.guard, on_token=on_token,
-            placeholders=sorted({new for _, new in job.result.changes if new.startswith("[") and new in cloud_instruction}),
+            placeholders=sorted({new for _, new in job.result.changes if new in PLACEHOLDERS}),
             **opts, **job.gen,
         )
         job.emit(sd.flush())

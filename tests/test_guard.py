@@ -396,6 +396,9 @@ def test_sanitize_facts_identifiers_and_clean_text():
     res = sanitize_instruction("Invite guests to your monthly dinner party; RSVP to isa@example.com or "
                                "+1 305 555 0199.", c)
     assert res.text == "Invite guests to your [private detail]; RSVP to [email] or [phone]."
+    from cogenesis.cloud_bridge.guard import PLACEHOLDERS
+
+    assert {new for _, new in res.changes} <= PLACEHOLDERS  # what logit fusion keeps the cloud from proposing
     clean = "Write a haiku about autumn rain."
     assert sanitize_instruction(clean, c).text == clean and not sanitize_instruction(clean, c).changed
 
