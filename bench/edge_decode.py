@@ -410,32 +410,35 @@ def main() -> None:
     from cogenesis.export.pipeline import export_bundle
 
     gguf, hf_dir = default_model()
+
+    def wanted(name: str) -> bool:  # --configs: build (export) only the rows asked for
+        return not a.configs or any(sub in name for sub in a.configs)
+
     bundles = {}
-    for q in ("fp32", "int8", "int4", "int4-fast"):
+    for q in ("fp32", "int8", "int4", "int4-fast"):  # int4 is also the reference of the llama.cpp check
         b = ROOT / "artifacts" / "bundles" / f"smollm2-{q}"
-        if not (b / "manifest.json").is_file():
+        if (q == "int4" or wanted(f"cogenesis ORT {q}")) and not (b / "manifest.json").is_file():
             export_bundle(None, b, quant=q, force=True)
         bundles[q] = b
     configs = [("transformers eager fp32", "eager", str(hf_dir), None)]
     configs += [(f"cogenesis ORT {q}", "ort", str(b / "model.onnx"), b) for q, b in bundles.items()]
-    g = _genai_int4(hf_dir)
+    g = _genai_int4(hf_dir) if wanted("builder int4") else None
     if g:
         configs.append(("onnxruntime-genai builder int4", "ort", str(g), g.parent))
         configs.append(("og.Generator: builder int4", "genai", str(_genai_dir(g.parent, hf_dir)), g.parent))
-    og_b = _ort_genai_bundle(bundles["int4"])
+    og_b = _ort_genai_bundle(bundles["int4"]) if wanted("og.Generator: cogenesis int4 (ort-genai bundle)") else None
     if og_b:
         configs.append(("og.Generator: cogenesis int4 (ort-genai bundle)", "genai", str(og_b), og_b))
     for q in ("fp32", "8da4w"):
-        b = _et_bundle(q)
+        b = _et_bundle(q) if wanted(f"ExecuTorch XNNPACK {q} (.pte)") else None
         if b:
             configs.append((f"ExecuTorch XNNPACK {q} (.pte)", "pte", str(b / "model.pte"), b))
-    lc_info = llamacpp_info()
+    lc_info = llamacpp_info() if wanted("llama.cpp") else None
     if lc_info:
         configs.append((f"llama.cpp ({lc_info['release']}, same GGUF)", "llamacpp", str(gguf), None))
-    else:
+    elif wanted("llama.cpp"):
         print(f"llama.cpp not installed: its row is skipped (install: {LLAMACPP_INSTALL}, needs node >= 20 + npm)")
-    if a.configs:
-        configs = [c for c in configs if any(sub in c[0] for sub in a.configs)]
+    configs = [c for c in configs if wanted(c[0])]
     bw = bandwidth_gbs()
     from cogenesis.export.report import PARITY_PROMPTS, bundle_parity, reference_runs
     from cogenesis.runtime.model import KVSpec
