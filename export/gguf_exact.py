@@ -241,3 +241,47 @@ def quantize_gguf_exact(model: onnx.ModelProto, gguf_path: str, accuracy_level: 
             "max_weight_abs_diff_vs_fp32": max_diff, "accuracy_level": accuracy_level,
             "q8_accuracy_level": q8_accuracy_level, "lm_head": lm_head,
             "refine_top": refine_top if lm_head == "q8-refine" else 0}
+
+
+KERNEL_DOMAIN = "cogenesis"
+
+
+def kernel_graph(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """The same model with each exact Q4_1 linear (MatMulNBits + MinTerm MatMul + Add) as ONE
+    `cogenesis.Q4_1MatMul` node over the same initializers (so both graphs can share one data file).
+
+    Only runtimes that load our kernel library can run it; the portable graph stays the bundle's model.onnx.
+    Returns the new model and the number of linears fused.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    producer = {o: n for n in g.node for o in n.output}
+    fused = 0
+    for add in [n for n in g.node if n.op_type == "Add" and n.name.endswith("/nbits/Add")]:
+        q, mn = producer.get(add.input[0]), producer.get(add.input[1])
+        if q is None or mn is None or q.op_type != "MatMulNBits" or mn.op_type != "MatMul":
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in q.attribute}
+        if attrs.get("bits") != 4 or attrs.get("block_size") != BLOCK or len(q.input) != 3:
+            continue
+        node = helper.make_node("Q4_1MatMul", [q.input[0], q.input[1], q.input[2], mn.input[1]], [add.output[0]],
+                                name=q.name.rsplit("/", 1)[0] + "/q41", domain=KERNEL_DOMAIN, K=attrs["K"], N=attrs["N"])
+        idx = list(g.node).index(add)
+        g.node.insert(idx, node)
+        for n in (add, q, mn):
+            g.node.remove(n)
+        fused += 1
+    while True:  # drop what fed only the removed nodes (the block sums)
+        used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+        dead = [n for n in g.node if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            g.node.remove(n)
+    used = {i for n in g.node for i in n.input}
+    keep = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    out.opset_import.append(helper.make_opsetid(KERNEL_DOMAIN, 1))
+    return out, fused

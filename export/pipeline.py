@@ -75,6 +75,27 @@ def _fp32_cached(hf_dir: Path) -> Path:
     return path
 
 
+def _kernel_graph(tmp: Path) -> dict:
+    """model.kernel.onnx: the int4 graph with each Q4_1 linear as one `cogenesis.Q4_1MatMul` (same data file)."""
+    from .gguf_exact import KERNEL_DOMAIN, kernel_graph
+
+    kg, fused = kernel_graph(onnx.load(str(tmp / "model.onnx"), load_external_data=False))
+    onnx.save(kg, str(tmp / "model.kernel.onnx"))  # initializers still point into model.onnx.data
+    return {"file": "model.kernel.onnx", "op": f"{KERNEL_DOMAIN}.Q4_1MatMul", "fused_linears": fused,
+            "fallback": "model.onnx"}
+
+
+def _kernel_parity(path: Path, kv, runs) -> dict:
+    """Parity of the kernel graph, when the kernel library builds here (else why not)."""
+    from cogenesis.runtime import kernels
+
+    try:
+        lib = kernels.library() or kernels.build()
+    except kernels.KernelError as e:
+        return {"skipped": f"kernel library unavailable: {e}"}
+    return report.bundle_parity(str(path), kv, runs, custom_ops=str(lib))
+
+
 def _tool_versions() -> dict:
     out = {"python": platform.python_version()}
     for p in ("cogenesis-edge", "onnx", "onnxruntime", "onnxruntime-genai", "transformers", "torch", "gguf", "numpy"):
@@ -155,6 +176,7 @@ def export_bundle(model: str | None, out: str | Path, quant: str = "int4", targe
         graph.save(m, str(tmp / "model.onnx"), "model.onnx.data")
         sig = graph.io_signature(m)
         del m
+        kernel = _kernel_graph(tmp) if quant == "int4" and src.gguf is not None else None
         steps.update()
         steps.set_postfix_str("tokenizer, template, config")
         shutil.copy(src.hf_dir / "tokenizer.json", tmp / "tokenizer.json")
@@ -168,10 +190,13 @@ def export_bundle(model: str | None, out: str | Path, quant: str = "int4", targe
         kv = KVSpec(facts["num_layers"], facts["num_kv_heads"], facts["head_dim"])
         runs = report.reference_runs(src.hf_dir, prompts or report.PARITY_PROMPTS, new_tokens)
         parity = report.bundle_parity(str(tmp / "model.onnx"), kv, runs)
+        if kernel:
+            kernel["parity"] = _kernel_parity(tmp / kernel["file"], kv, runs)
         weights = sum(f.stat().st_size for f in tmp.iterdir() if f.name.startswith("model.onnx"))
         rep = {
             "quant": qinfo,
             "parity": parity,
+            **({"kernel_parity": kernel["parity"]} if kernel else {}),
             "budget": budget_check(tgt, weights, facts),
             "target": tgt.to_dict(),
             "export_seconds": round(time.time() - t0, 1),
@@ -191,7 +216,8 @@ def export_bundle(model: str | None, out: str | Path, quant: str = "int4", targe
             "target": tgt.name,
             "onnx": {"file": "model.onnx", "data": "model.onnx.data", "exporter": "onnxruntime-genai model builder",
                      "kv_cache": "shared-buffer",
-                     **sig},
+                     **sig,
+                     **({"kernel_graph": {k: v for k, v in kernel.items() if k != "parity"}} if kernel else {})},
             "tokenizer": "tokenizer.json",
             "chat_template": "chat_template.jinja",
             "generation_config": "generation_config.json",

@@ -76,8 +76,8 @@ def summarize(per: list[dict], runs: list[dict]) -> dict:
     }
 
 
-def bundle_parity(onnx_path: str, kv: KVSpec, runs: list[dict], threads: int = 2) -> dict:
-    dec = Decoder(make_session(onnx_path, threads), kv, shared_kv=uses_gqa(onnx_path))
+def bundle_parity(onnx_path: str, kv: KVSpec, runs: list[dict], threads: int = 2, custom_ops: str | None = None) -> dict:
+    dec = Decoder(make_session(onnx_path, threads, custom_ops=custom_ops), kv, shared_kv=uses_gqa(onnx_path))
     per = []
     for r in runs:
         got = greedy(dec, r["prompt_ids"], len(r["ref_ids"]))

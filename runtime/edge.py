@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from tokenizers import Tokenizer
 
 from cogenesis.bundle import BundleError, read_manifest, verify_bundle
 
-from . import chat
+from . import chat, kernels
 from .generate import GenerationResult, GenerationStats, StreamDecoder, generate_tokens
 from .model import Decoder, KVSpec, make_session, uses_gqa
 from .sampling import Sampler, SamplingConfig
@@ -32,11 +33,17 @@ class EdgeModel:
             raise BundleError(f"{self.path / 'tokenizer.json'} could not be read ({e}); re-export the bundle") from e
         self.template = chat.compile_template((self.path / "chat_template.jinja").read_text(encoding="utf-8"))
         self.generation_config = json.loads((self.path / "generation_config.json").read_text(encoding="utf-8"))
-        onnx_path = self.path / m["onnx"]["file"]
+        onnx_path, lib = self._graph()
         try:
-            session = make_session(str(onnx_path), threads)
+            session = make_session(str(onnx_path), threads, custom_ops=lib)
         except Exception as e:
-            raise BundleError(f"{onnx_path} could not be loaded by onnxruntime ({e}); re-export the bundle") from e
+            if lib is None or kernels.mode() == "require":
+                raise BundleError(f"{onnx_path} could not be loaded by onnxruntime ({e}); re-export the bundle") from e
+            warnings.warn(f"{onnx_path.name} did not load with the kernel library {lib} ({e}); "
+                          "using the portable model.onnx", stacklevel=2)
+            onnx_path, lib = self.path / m["onnx"]["file"], None
+            session = make_session(str(onnx_path), threads)
+        self.graph_file, self.kernel_library = onnx_path.name, lib
         self._check_signature(session)
         mm = m["model"]
         shared = m["onnx"].get("kv_cache") == "shared-buffer" or uses_gqa(str(onnx_path))
@@ -45,6 +52,16 @@ class EdgeModel:
         eos = st.get("eos_token_ids") or self.generation_config.get("eos_token_id") or []
         self.stop_ids = set(eos if isinstance(eos, list) else [eos])
         self.special_tokens = st
+
+    def _graph(self) -> tuple[Path, str | None]:
+        """The kernel graph (model.kernel.onnx) when the bundle has one and our kernel library is built,
+        else the portable model.onnx. Both compute the same function (the export report checks it)."""
+        portable = self.path / self.manifest["onnx"]["file"]
+        kg = self.manifest["onnx"].get("kernel_graph")
+        if not kg:
+            return portable, None
+        lib = kernels.library()  # None when off or not built; raises when required and missing
+        return (self.path / kg["file"], str(lib)) if lib else (portable, None)
 
     def _check_signature(self, session) -> None:
         want = {i["name"]: i for i in self.manifest["onnx"]["inputs"]}

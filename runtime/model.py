@@ -25,8 +25,11 @@ class KVSpec:
     head_dim: int
 
 
-def make_session(path: str, threads: int | None = None) -> ort.InferenceSession:
+def make_session(path: str, threads: int | None = None, custom_ops: str | None = None) -> ort.InferenceSession:
+    """custom_ops: a kernel library to register (our `cogenesis.*` ops; see runtime/kernels.py)."""
     so = ort.SessionOptions()
+    if custom_ops:
+        so.register_custom_ops_library(custom_ops)
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.intra_op_num_threads = int(threads or os.environ.get("COGENESIS_THREADS", 0) or 0)
     so.inter_op_num_threads = 1

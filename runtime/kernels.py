@@ -1,0 +1,190 @@
+"""Our onnxruntime kernel library: build it once per machine, find it at load time.
+
+`cogenesis.Q4_1MatMul` (csrc/q41_matmul.cc) is the GGUF Q4_1 linear in one exact fp32 pass; an int4 bundle
+exported from a GGUF carries `model.kernel.onnx`, a copy of its graph that uses it (sharing model.onnx.data).
+The runtime uses that graph when the library is built and falls back to the portable model.onnx otherwise.
+
+    cogenesis kernels build     # fetch onnxruntime's C API headers, compile (~5 s)
+    cogenesis kernels status
+
+COGENESIS_KERNELS=0 turns the kernels off; =1 makes a missing library an error instead of a fallback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import lzma
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import urllib.request
+from pathlib import Path
+
+SOURCES = [Path(__file__).parent / "csrc" / "q41_matmul.cc"]
+DOMAIN = "cogenesis"
+LIB_NAME = "libcogenesis_kernels.so"
+
+# onnxruntime's C/C++ API headers (header-only; the C API is versioned, so 1.21 headers work with any newer
+# onnxruntime). The PyPI wheel ships no headers; Debian packages them. Pinned by sha256.
+HEADERS_DEB = ("http://deb.debian.org/debian/pool/main/o/onnxruntime/libonnxruntime-dev_1.21.0+dfsg-1_amd64.deb",
+               "14f7d959d5deacbcf1504830d4189f91fc67382b399ed9ae9d3aa9c4050ced08")
+
+
+class KernelError(RuntimeError):
+    pass
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("COGENESIS_CACHE", Path.home() / ".cache" / "cogenesis"))
+
+
+def mode() -> str:
+    """'off', 'auto' (use when built) or 'require' (COGENESIS_KERNELS=0 / unset / 1)."""
+    v = os.environ.get("COGENESIS_KERNELS", "").strip().lower()
+    return {"0": "off", "false": "off", "off": "off", "1": "require", "require": "require"}.get(v, "auto")
+
+
+def _ar_members(data: bytes) -> dict[str, bytes]:
+    """Members of a Unix ar archive (a .deb). Hand-written: the stdlib has no ar reader, and this keeps the
+    build free of dpkg so it also works off Debian."""
+    if not data.startswith(b"!<arch>\n"):
+        raise KernelError("not a .deb (ar) archive")
+    out, pos = {}, 8
+    while pos + 60 <= len(data):
+        name = data[pos:pos + 16].decode().strip().rstrip("/")
+        size = int(data[pos + 48:pos + 58].decode().strip())
+        out[name] = data[pos + 60:pos + 60 + size]
+        pos += 60 + size + (size % 2)
+    return out
+
+
+def headers_dir(fetch: bool = True) -> Path:
+    """The directory holding onnxruntime_cxx_api.h: $COGENESIS_ORT_INCLUDE, or the pinned Debian headers."""
+    env = os.environ.get("COGENESIS_ORT_INCLUDE")
+    if env:
+        if not (Path(env) / "onnxruntime_cxx_api.h").is_file():
+            raise KernelError(f"COGENESIS_ORT_INCLUDE={env} has no onnxruntime_cxx_api.h")
+        return Path(env)
+    url, sha = HEADERS_DEB
+    dest = cache_dir() / "ort-headers" / sha[:16]
+    inc = dest / "usr" / "include" / "onnxruntime"
+    if (inc / "onnxruntime_cxx_api.h").is_file():
+        return inc
+    if not fetch:
+        raise KernelError(f"onnxruntime headers are not in {dest}; run `cogenesis kernels build`")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r:
+            deb = r.read()
+    except OSError as e:
+        raise KernelError(f"could not download onnxruntime headers from {url} ({e}); set COGENESIS_ORT_INCLUDE "
+                          "to a folder with onnxruntime_cxx_api.h instead") from e
+    if hashlib.sha256(deb).hexdigest() != sha:
+        raise KernelError(f"{url}: sha256 mismatch (expected {sha}); refusing to use it")
+    members = _ar_members(deb)
+    data = next((v for k, v in members.items() if k.startswith("data.tar")), None)
+    if data is None:
+        raise KernelError(f"{url}: no data.tar in the package")
+    raw = lzma.decompress(data) if data[:6] == b"\xfd7zXZ\x00" else data
+    tmp = Path(tempfile.mkdtemp(prefix="hdr-", dir=cache_dir()))
+    try:
+        with tarfile.open(fileobj=io.BytesIO(raw)) as tf:
+            tf.extractall(tmp, filter="data")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return inc
+
+
+def _compiler() -> str:
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+    if not cxx:
+        raise KernelError("no C++ compiler found (g++/clang++); install one (Debian: apt-get install g++) or set CXX")
+    return cxx
+
+
+def _flags() -> list[str]:
+    # -march=native: the library is built on the machine that runs it (AVX-512 where present, NEON on ARM);
+    # -ffp-contract=fast keeps FMAs but no -ffast-math: results stay IEEE fp32.
+    return ["-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-ffp-contract=fast", "-Wall",
+            "-Wno-maybe-uninitialized"]
+
+
+def _key(cxx: str, inc: Path) -> str:
+    h = hashlib.sha256()
+    for s in SOURCES:
+        h.update(s.read_bytes())
+    h.update(" ".join(_flags()).encode())
+    h.update(subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.encode())
+    h.update((inc / "onnxruntime_c_api.h").read_bytes())
+    h.update(platform.machine().encode())
+    return h.hexdigest()[:16]
+
+
+def _built() -> list[Path]:
+    return sorted((cache_dir() / "kernels").glob(f"*/{LIB_NAME}"), key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def build(force: bool = False) -> Path:
+    """Compile the kernel library (cached by source, flags, compiler and headers); returns its path."""
+    cxx, inc = _compiler(), headers_dir()
+    out = cache_dir() / "kernels" / _key(cxx, inc) / LIB_NAME
+    if out.is_file() and not force:
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{LIB_NAME}.{os.getpid()}")
+    cmd = [cxx, *_flags(), f"-I{inc}", *map(str, SOURCES), "-o", str(tmp)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise KernelError(f"compiling the kernel library failed:\n{' '.join(cmd)}\n{r.stderr[-3000:]}")
+    tmp.replace(out)  # atomic: a half-written library is never found
+    return out
+
+
+def library() -> Path | None:
+    """The built library for the current sources, or None (kernels off or not built)."""
+    if mode() == "off":
+        return None
+    libs = _built()
+    if libs:
+        try:  # the newest build of THESE sources; an older build of other sources is ignored
+            cxx, inc = _compiler(), headers_dir(fetch=False)
+            exact = cache_dir() / "kernels" / _key(cxx, inc) / LIB_NAME
+            if exact.is_file():
+                return exact
+        except KernelError:
+            pass
+    if mode() == "require":
+        raise KernelError("COGENESIS_KERNELS=1 but the kernel library is not built for these sources; "
+                          "run `cogenesis kernels build`")
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    cmd = args[0] if args else "status"
+    try:
+        if cmd == "build":
+            print(build(force="--force" in args))
+        elif cmd == "status":
+            lib = library()
+            print(f"kernels: {mode()}; library: {lib or 'not built (cogenesis kernels build)'}")
+        else:
+            print(__doc__)
+            return 2
+    except KernelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
