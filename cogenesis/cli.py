@@ -117,7 +117,8 @@ def cmd_info(a) -> int:
         par = (f"top-1 {kp['teacher_forced_top1']:.4f}, greedy identical {kp['greedy_identical_prompts']}/{kp['prompts']}"
                if "teacher_forced_top1" in kp else kp.get("skipped", "no parity recorded"))
         lib = kernels.library() if kernels.mode() != "require" else None
-        print(f"kernels     {kg['file']} ({kg['fused_linears']} x {kg['op']}; {par}); "
+        ops = ", ".join(f"{n} x {op}" for op, n in kg.get("ops", {}).items())
+        print(f"kernels     {kg['file']} ({ops}; {par}); "
               f"{'used: library built' if lib else 'not used: ' + ('off' if kernels.mode() == 'off' else 'run `cogenesis kernels build`')}")
     for f, info in m["files"].items():
         print(f"  {f:28s} {info['size']:>12,d}  {info['sha256'][:16]}")

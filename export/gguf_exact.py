@@ -246,12 +246,13 @@ def quantize_gguf_exact(model: onnx.ModelProto, gguf_path: str, accuracy_level: 
 KERNEL_DOMAIN = "cogenesis"
 
 
-def kernel_graph(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+def kernel_graph(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
     """The same model with each exact Q4_1 linear (MatMulNBits + MinTerm MatMul + Add) as ONE
-    `cogenesis.Q4_1MatMul` node over the same initializers (so both graphs can share one data file).
+    `cogenesis.Q4_1MatMul` node over the same initializers (so both graphs can share one data file), and
+    GroupQueryAttention as `cogenesis.GroupQueryAttention` (our one-token decode step; prefill is onnxruntime's).
 
     Only runtimes that load our kernel library can run it; the portable graph stays the bundle's model.onnx.
-    Returns the new model and the number of linears fused.
+    Returns the new model and how many nodes of each of our ops it has.
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -272,6 +273,15 @@ def kernel_graph(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         for n in (add, q, mn):
             g.node.remove(n)
         fused += 1
+    attention = 0
+    for node in g.node:  # attention: our decode step, onnxruntime's kernel for the rest (same inputs/attributes)
+        if node.op_type == "GroupQueryAttention" and node.domain == MS:
+            attention += 1
+            node.domain = KERNEL_DOMAIN
+            while len(node.input) > 9 and not node.input[-1]:
+                node.input.pop()  # trailing optional inputs the builder leaves empty
+            if len(node.input) > 9:
+                raise ValueError(f"{node.name}: GroupQueryAttention inputs beyond sin_cache are not supported")
     while True:  # drop what fed only the removed nodes (the block sums)
         used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
         dead = [n for n in g.node if not any(o in used for o in n.output)]
@@ -284,4 +294,4 @@ def kernel_graph(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     del g.initializer[:]
     g.initializer.extend(keep)
     out.opset_import.append(helper.make_opsetid(KERNEL_DOMAIN, 1))
-    return out, fused
+    return out, {f"{KERNEL_DOMAIN}.Q4_1MatMul": fused, f"{KERNEL_DOMAIN}.GroupQueryAttention": attention}

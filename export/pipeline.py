@@ -76,13 +76,12 @@ def _fp32_cached(hf_dir: Path) -> Path:
 
 
 def _kernel_graph(tmp: Path) -> dict:
-    """model.kernel.onnx: the int4 graph with each Q4_1 linear as one `cogenesis.Q4_1MatMul` (same data file)."""
-    from .gguf_exact import KERNEL_DOMAIN, kernel_graph
+    """model.kernel.onnx: the int4 graph on our kernels (exact Q4_1 linears, decode attention), same data file."""
+    from .gguf_exact import kernel_graph
 
-    kg, fused = kernel_graph(onnx.load(str(tmp / "model.onnx"), load_external_data=False))
+    kg, ops = kernel_graph(onnx.load(str(tmp / "model.onnx"), load_external_data=False))
     onnx.save(kg, str(tmp / "model.kernel.onnx"))  # initializers still point into model.onnx.data
-    return {"file": "model.kernel.onnx", "op": f"{KERNEL_DOMAIN}.Q4_1MatMul", "fused_linears": fused,
-            "fallback": "model.onnx"}
+    return {"file": "model.kernel.onnx", "ops": ops, "fallback": "model.onnx"}
 
 
 def _kernel_parity(path: Path, kv, runs) -> dict:

@@ -39,10 +39,13 @@ class EdgeModel:
         except Exception as e:
             if lib is None or kernels.mode() == "require":
                 raise BundleError(f"{onnx_path} could not be loaded by onnxruntime ({e}); re-export the bundle") from e
-            warnings.warn(f"{onnx_path.name} did not load with the kernel library {lib} ({e}); "
-                          "using the portable model.onnx", stacklevel=2)
             onnx_path, lib = self.path / m["onnx"]["file"], None
-            session = make_session(str(onnx_path), threads)
+            try:  # a kernel-graph problem: the portable graph may still load (if not, the bundle is broken)
+                session = make_session(str(onnx_path), threads)
+            except Exception as e2:
+                raise BundleError(f"{onnx_path} could not be loaded by onnxruntime ({e2}); re-export the bundle") from e2
+            warnings.warn(f"model.kernel.onnx did not load with our kernel library ({e}); using the portable "
+                          "model.onnx", stacklevel=2)
         self.graph_file, self.kernel_library = onnx_path.name, lib
         self._check_signature(session)
         mm = m["model"]

@@ -1,7 +1,9 @@
 """Our onnxruntime kernel library: build it once per machine, find it at load time.
 
-`cogenesis.Q4_1MatMul` (csrc/q41_matmul.cc) is the GGUF Q4_1 linear in one exact fp32 pass; an int4 bundle
-exported from a GGUF carries `model.kernel.onnx`, a copy of its graph that uses it (sharing model.onnx.data).
+`cogenesis.Q4_1MatMul` (csrc/q41_matmul.cc) is the GGUF Q4_1 linear in one exact fp32 pass;
+`cogenesis.GroupQueryAttention` (csrc/gqa_decode.cc) is onnxruntime's attention with our one-token decode step.
+An int4 bundle exported from a GGUF carries `model.kernel.onnx`, a copy of its graph on these ops (sharing
+model.onnx.data).
 The runtime uses that graph when the library is built and falls back to the portable model.onnx otherwise.
 
     cogenesis kernels build     # fetch onnxruntime's C API headers, compile (~5 s)
@@ -25,7 +27,8 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-SOURCES = [Path(__file__).parent / "csrc" / "q41_matmul.cc"]
+CSRC = Path(__file__).parent / "csrc"
+SOURCES = [CSRC / "q41_matmul.cc", CSRC / "gqa_decode.cc", CSRC / "register.cc"]
 DOMAIN = "cogenesis"
 LIB_NAME = "libcogenesis_kernels.so"
 
@@ -110,37 +113,35 @@ def _compiler() -> str:
     return cxx
 
 
-def _flags() -> list[str]:
+def _flags(march: str = "native") -> list[str]:
     # -march=native: the library is built on the machine that runs it (AVX-512 where present, NEON on ARM);
     # -ffp-contract=fast keeps FMAs but no -ffast-math: results stay IEEE fp32.
-    return ["-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-ffp-contract=fast", "-Wall",
-            "-Wno-maybe-uninitialized"]
+    return ["-O3", f"-march={march}", "-std=c++17", "-fPIC", "-shared", "-ffp-contract=fast", "-Wall",
+            "-Wno-maybe-uninitialized", "-Wno-uninitialized"]  # gcc 12 flags its own AVX-512 reduce intrinsics
 
 
-def _key(cxx: str, inc: Path) -> str:
+def _key(cxx: str, inc: Path, march: str = "native") -> str:
     h = hashlib.sha256()
-    for s in SOURCES:
+    for s in [*SOURCES, CSRC / "kernels.h"]:
         h.update(s.read_bytes())
-    h.update(" ".join(_flags()).encode())
+    h.update(" ".join(_flags(march)).encode())
     h.update(subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.encode())
     h.update((inc / "onnxruntime_c_api.h").read_bytes())
     h.update(platform.machine().encode())
     return h.hexdigest()[:16]
 
 
-def _built() -> list[Path]:
-    return sorted((cache_dir() / "kernels").glob(f"*/{LIB_NAME}"), key=lambda p: p.stat().st_mtime, reverse=True)
-
-
-def build(force: bool = False) -> Path:
-    """Compile the kernel library (cached by source, flags, compiler and headers); returns its path."""
+def build(force: bool = False, march: str = "native") -> Path:
+    """Compile the kernel library (cached by source, flags, compiler and headers); returns its path.
+    march: another -march (e.g. x86-64-v3, an AVX2-only build) to test the portable code paths."""
     cxx, inc = _compiler(), headers_dir()
-    out = cache_dir() / "kernels" / _key(cxx, inc) / LIB_NAME
+    key = _key(cxx, inc, march)
+    out = cache_dir() / "kernels" / (key if march == "native" else f"{march}-{key}") / LIB_NAME
     if out.is_file() and not force:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{LIB_NAME}.{os.getpid()}")
-    cmd = [cxx, *_flags(), f"-I{inc}", *map(str, SOURCES), "-o", str(tmp)]
+    cmd = [cxx, *_flags(march), f"-I{inc}", *map(str, SOURCES), "-o", str(tmp)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         tmp.unlink(missing_ok=True)
@@ -153,15 +154,12 @@ def library() -> Path | None:
     """The built library for the current sources, or None (kernels off or not built)."""
     if mode() == "off":
         return None
-    libs = _built()
-    if libs:
-        try:  # the newest build of THESE sources; an older build of other sources is ignored
-            cxx, inc = _compiler(), headers_dir(fetch=False)
-            exact = cache_dir() / "kernels" / _key(cxx, inc) / LIB_NAME
-            if exact.is_file():
-                return exact
-        except KernelError:
-            pass
+    try:  # the build of THESE sources (an older build of other sources is ignored)
+        exact = cache_dir() / "kernels" / _key(_compiler(), headers_dir(fetch=False)) / LIB_NAME
+        if exact.is_file():
+            return exact
+    except KernelError:
+        pass
     if mode() == "require":
         raise KernelError("COGENESIS_KERNELS=1 but the kernel library is not built for these sources; "
                           "run `cogenesis kernels build`")

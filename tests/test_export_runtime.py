@@ -117,11 +117,21 @@ def test_incremental_decode_equals_full_recompute(int4_model):
     m.decoder.forward(ids)
     step = [m.decoder.forward([t])[-1] for t in (100, 200, 300)]
     for i, lg in enumerate(step):
-        np.testing.assert_allclose(lg, full[len(ids) + i], atol=2e-3)
+        _same_logits(lg, full[len(ids) + i])
     # roll back two tokens and continue differently: same as computing that sequence from scratch
     m.decoder.truncate(len(ids) + 1)
     again = m.decoder.forward([777])[-1]
-    np.testing.assert_allclose(again, m.logits(ids + [100, 777])[-1], atol=2e-3)
+    _same_logits(again, m.logits(ids + [100, 777])[-1])
+
+
+def _same_logits(got, want):
+    """The int4 bundle's top-64 logits (by the approximate ranking) are exact fp32; the rest come from the
+    int8-activation lm_head, where a 1e-7 change of the hidden state (decode and prefill sum in different orders)
+    can flip one activation's rounding and move the tail by ~0.03 (and swap which tokens near rank 64 were made
+    exact). A cache bug moves the top logits by far more than 2e-3."""
+    top = np.argsort(-want)[:32]
+    np.testing.assert_allclose(got[top], want[top], atol=2e-3)
+    np.testing.assert_allclose(got, want, atol=0.1)
 
 
 def test_kv_buffer_grows_past_initial_capacity(int4_model):

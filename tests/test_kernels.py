@@ -113,7 +113,8 @@ def test_bad_inputs_give_clear_errors(lib):
 def test_int4_bundle_carries_a_kernel_graph_with_exact_parity(int4_bundle):
     m = json.loads((int4_bundle / "manifest.json").read_text())
     kg = m["onnx"]["kernel_graph"]
-    assert kg["file"] in m["files"] and kg["fused_linears"] == 150  # 30 layers x (qkv, o, gate, up, down)
+    assert kg["file"] in m["files"]
+    assert kg["ops"] == {"cogenesis.Q4_1MatMul": 150, "cogenesis.GroupQueryAttention": 30}  # 30 x (qkv, o, gate, up, down)
     rep = json.loads((int4_bundle / "export_report.json").read_text())
     kp, pp = rep["kernel_parity"], rep["parity"]
     assert "teacher_forced_top1" in kp, kp  # the library builds in `make setup`, so export measured it
@@ -167,3 +168,125 @@ def test_kernel_headers_are_pinned_and_extracted(lib):
     assert url.startswith("http://deb.debian.org/") and len(sha) == 64
     with pytest.raises(kernels.KernelError, match="not a .deb"):
         kernels._ar_members(b"definitely not an ar archive")
+
+
+def _gqa(domain: str, lib: str | None, nh=9, nkv=3, hd=64, maxpos=256, **attrs) -> ort.InferenceSession:
+    ang = np.arange(maxpos)[:, None] / (10000 ** (np.arange(hd // 2) / (hd // 2)))[None]
+    inits = [numpy_helper.from_array(np.cos(ang).astype(np.float32), "cos"),
+             numpy_helper.from_array(np.sin(ang).astype(np.float32), "sin")]
+    a = {"num_heads": nh, "kv_num_heads": nkv, "scale": 1 / np.sqrt(hd), "do_rotary": 1, "rotary_interleaved": 0,
+         "local_window_size": -1, "softcap": 0.0, **attrs}
+    node = helper.make_node("GroupQueryAttention", ["q", "", "", "pk", "pv", "seqlens", "total", "cos", "sin"],
+                            ["y", "ok", "ov"], domain=domain, **a)
+    f = TensorProto.FLOAT
+    g = helper.make_graph([node], "g",
+                          [helper.make_tensor_value_info("q", f, [1, None, (nh + 2 * nkv) * hd]),
+                           helper.make_tensor_value_info("pk", f, [1, nkv, None, hd]),
+                           helper.make_tensor_value_info("pv", f, [1, nkv, None, hd]),
+                           helper.make_tensor_value_info("seqlens", TensorProto.INT32, [1]),
+                           helper.make_tensor_value_info("total", TensorProto.INT32, [])],
+                          [helper.make_tensor_value_info(n, f, None) for n in ("y", "ok", "ov")], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(MS, 1),
+                                                helper.make_opsetid("cogenesis", 1)])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    so.log_severity_level = 3
+    if lib:
+        so.register_custom_ops_library(lib)
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def _run_steps(sess, steps, cap: int, shared: bool, nkv=3, hd=64):
+    """Prefill + decode steps with one KV buffer bound as past and present (as our runtime does), or not."""
+    kn, vn = np.zeros((1, nkv, cap, hd), np.float32), np.zeros((1, nkv, cap, hd), np.float32)
+    k, v = ort.OrtValue.ortvalue_from_numpy(kn), ort.OrtValue.ortvalue_from_numpy(vn)  # borrow kn, vn: keep them
+    outs, n = [], 0
+    for q in steps:
+        s = q.shape[1]
+        io = sess.io_binding()
+        io.bind_cpu_input("q", q)
+        io.bind_ortvalue_input("pk", k)
+        io.bind_ortvalue_input("pv", v)
+        io.bind_cpu_input("seqlens", np.array([n + s - 1], np.int32))
+        io.bind_cpu_input("total", np.array(n + s, np.int32))
+        io.bind_output("y")
+        if shared:
+            io.bind_ortvalue_output("ok", k)
+            io.bind_ortvalue_output("ov", v)
+        else:
+            io.bind_output("ok")
+            io.bind_output("ov")
+        sess.run_with_iobinding(io)
+        res = io.get_outputs()
+        outs.append(res[0].numpy())
+        if not shared:
+            k, v = res[1], res[2]
+        n += s
+    return outs, (kn if shared else k.numpy()), (vn if shared else v.numpy()), n
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_attention_decode_equals_onnxruntime_gqa(lib, shared):
+    """Our decode step (and the prefill it hands to onnxruntime's kernel) against com.microsoft's own op."""
+    rng = np.random.default_rng(11)
+    steps = [rng.standard_normal((1, 7, 15 * 64)).astype(np.float32)]  # prefill 7 tokens: onnxruntime's path
+    steps += [rng.standard_normal((1, 1, 15 * 64)).astype(np.float32) for _ in range(40)]  # decode: ours
+    ours, ok, ov, n = _run_steps(_gqa("cogenesis", lib), steps, cap=64, shared=shared)
+    ref, rk, rv, _ = _run_steps(_gqa(MS, None), steps, cap=64, shared=shared)
+    for a, b in zip(ours, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5)
+    np.testing.assert_allclose(ok[:, :, :n], rk[:, :, :n], rtol=1e-5, atol=1e-6)  # rotated keys written in place
+    np.testing.assert_array_equal(ov[:, :, :n], rv[:, :, :n])
+
+
+def test_attention_unsupported_attributes_use_onnxruntime(lib):
+    """A local window is not our fast path: the op must still equal onnxruntime's (through InvokeOp)."""
+    rng = np.random.default_rng(12)
+    steps = [rng.standard_normal((1, 5, 15 * 64)).astype(np.float32)]
+    steps += [rng.standard_normal((1, 1, 15 * 64)).astype(np.float32) for _ in range(12)]
+    ours, *_ = _run_steps(_gqa("cogenesis", lib, local_window_size=4), steps, cap=32, shared=True)
+    ref, *_ = _run_steps(_gqa(MS, None, local_window_size=4), steps, cap=32, shared=True)
+    for a, b in zip(ours, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def portable_lib() -> str:
+    import platform
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the native build already is the portable path on this CPU (no AVX-512 code)")
+    return str(kernels.build(march="x86-64-v3"))  # AVX2 only: the plain C++ paths that ARM and older x86 run
+
+
+def test_portable_build_matches(portable_lib):
+    """The non-AVX-512 code paths (what a Raspberry Pi runs) against the same references."""
+    rng = np.random.default_rng(5)
+    for k, n, m in ((576, 960, 1), (576, 48, 5), (1536, 576, 37)):
+        inits, w = _weights(rng, k, n)
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        ref = x.astype(np.float64) @ w
+        got = _kernel(k, n, inits, portable_lib).run(None, {"a": x})[0]
+        assert np.abs(got - ref).max() / np.abs(ref).max() < 5e-6
+    steps = [rng.standard_normal((1, 6, 15 * 64)).astype(np.float32)]
+    steps += [rng.standard_normal((1, 1, 15 * 64)).astype(np.float32) for _ in range(20)]
+    ours, ok, _, n = _run_steps(_gqa("cogenesis", portable_lib), steps, cap=32, shared=True)
+    ref, rk, _, _ = _run_steps(_gqa(MS, None), steps, cap=32, shared=True)
+    for a, b in zip(ours, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5)
+    np.testing.assert_allclose(ok[:, :, :n], rk[:, :, :n], rtol=1e-5, atol=1e-6)
+
+
+def test_kernel_graph_that_fails_to_load_falls_back_with_a_warning(int4_bundle, lib, tmp_path):
+    """An op our library does not have (a newer export, an older library): warn, run the portable graph."""
+    import onnx
+
+    b = tmp_path / "b"
+    shutil.copytree(int4_bundle, b)
+    kg = onnx.load(str(b / "model.kernel.onnx"), load_external_data=False)
+    next(n for n in kg.graph.node if n.domain == "cogenesis").op_type = "NoSuchKernel"
+    onnx.save(kg, str(b / "model.kernel.onnx"))
+    with pytest.warns(UserWarning, match="did not load with our kernel library"):
+        m = rt.load(b, verify=False)  # the manifest hash of model.kernel.onnx no longer matches
+    assert m.graph_file == "model.onnx" and m.kernel_library is None
+    assert len(m.generate([{"role": "user", "content": "Hi"}], max_new_tokens=4).text) > 0

@@ -8,12 +8,11 @@
 // the 4-bit codes, fp32 throughout. Decode (one row) streams the codes once; prefill dequantizes a panel of 32
 // columns into L2 and runs a small register-blocked GEMM on it.
 //
-// Built by `python -m cogenesis.runtime.kernels build` against onnxruntime's C/C++ API headers.
-#define ORT_API_MANUAL_INIT
-#include <onnxruntime_cxx_api.h>
-#undef ORT_API_MANUAL_INIT
+// Built by `cogenesis kernels build` (runtime/kernels.py) against onnxruntime's C/C++ API headers.
+#include "kernels.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -375,28 +374,5 @@ const Q41Op kOp;
 
 }  // namespace
 
-extern "C" {
+const OrtCustomOp* q41_matmul_op() { return &kOp; }
 
-// The domain name the exported kernel graph uses; Python reads it to check it matches its graph.
-const char* cogenesis_kernels_domain() { return "cogenesis"; }
-
-OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
-  const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
-  if (api == nullptr) return nullptr;  // cannot report without an api; onnxruntime then fails on the unknown op
-  Ort::InitApi(api);
-  static Ort::CustomOpDomain domain{"cogenesis"};
-  static bool added = false;
-  if (!added) {
-    domain.Add(&kOp);
-    added = true;
-  }
-  Ort::UnownedSessionOptions so(options);
-  try {
-    so.Add(domain);
-  } catch (const Ort::Exception& e) {
-    return api->CreateStatus(ORT_FAIL, e.what());
-  }
-  return nullptr;
-}
-
-}  // extern "C"
