@@ -248,8 +248,9 @@ KERNEL_DOMAIN = "cogenesis"
 
 def kernel_graph(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
     """The same model with each exact Q4_1 linear (MatMulNBits + MinTerm MatMul + Add) as ONE
-    `cogenesis.Q4_1MatMul` node over the same initializers (so both graphs can share one data file), and
-    GroupQueryAttention as `cogenesis.GroupQueryAttention` (our one-token decode step; prefill is onnxruntime's).
+    `cogenesis.Q4_1MatMul` node over the same initializers (so both graphs can share one data file), the Q8_0
+    lm_head (and its top-64 refinement) as `cogenesis.Q8_0MatMul` (every logit exact), and GroupQueryAttention
+    as `cogenesis.GroupQueryAttention` (our one-token decode step; prefill is onnxruntime's).
 
     Only runtimes that load our kernel library can run it; the portable graph stays the bundle's model.onnx.
     Returns the new model and how many nodes of each of our ops it has.
@@ -273,6 +274,21 @@ def kernel_graph(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
         for n in (add, q, mn):
             g.node.remove(n)
         fused += 1
+    head = 0
+    for q8 in [n for n in g.node if n.op_type == "MatMulNBits" and n.domain == MS]:
+        attrs = {a.name: helper.get_attribute_value(a) for a in q8.attribute}
+        if attrs.get("bits") != 8 or attrs.get("block_size") != BLOCK or len(q8.input) != 3:
+            continue
+        # exact fp32 logits: the top-64 refinement after the int8-activation lm_head (TopK .. Scatter) goes too
+        scatter = next((n for n in g.node if n.op_type == "ScatterElements" and n.input[0] == q8.output[0]), None)
+        out_name = scatter.output[0] if scatter is not None else q8.output[0]
+        node = helper.make_node("Q8_0MatMul", list(q8.input), [out_name], name=q8.name + "/q8_0", domain=KERNEL_DOMAIN,
+                                K=attrs["K"], N=attrs["N"])
+        g.node.insert(list(g.node).index(scatter if scatter is not None else q8), node)
+        for n in (q8, scatter):
+            if n is not None:
+                g.node.remove(n)
+        head += 1
     attention = 0
     for node in g.node:  # attention: our decode step, onnxruntime's kernel for the rest (same inputs/attributes)
         if node.op_type == "GroupQueryAttention" and node.domain == MS:
@@ -294,4 +310,5 @@ def kernel_graph(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
     del g.initializer[:]
     g.initializer.extend(keep)
     out.opset_import.append(helper.make_opsetid(KERNEL_DOMAIN, 1))
-    return out, {f"{KERNEL_DOMAIN}.Q4_1MatMul": fused, f"{KERNEL_DOMAIN}.GroupQueryAttention": attention}
+    return out, {f"{KERNEL_DOMAIN}.Q4_1MatMul": fused, f"{KERNEL_DOMAIN}.Q8_0MatMul": head,
+                 f"{KERNEL_DOMAIN}.GroupQueryAttention": attention}

@@ -28,7 +28,7 @@ import urllib.request
 from pathlib import Path
 
 CSRC = Path(__file__).parent / "csrc"
-SOURCES = [CSRC / "q41_matmul.cc", CSRC / "gqa_decode.cc", CSRC / "register.cc"]
+SOURCES = [CSRC / "q41_matmul.cc", CSRC / "q8_0_matmul.cc", CSRC / "gqa_decode.cc", CSRC / "register.cc"]
 DOMAIN = "cogenesis"
 LIB_NAME = "libcogenesis_kernels.so"
 

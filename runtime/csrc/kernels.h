@@ -5,5 +5,50 @@
 #include <onnxruntime_cxx_api.h>
 #undef ORT_API_MANUAL_INIT
 
+#include <cstdint>
+#include <cstring>
+
+namespace cg {
+
+inline uint16_t to_half(float f) {  // exact for values that are fp16 (checked by the caller)
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const uint32_t sign = (x >> 16) & 0x8000u;
+  const int32_t e = int32_t((x >> 23) & 0xff) - 127 + 15;
+  const uint32_t mant = x & 0x7fffffu;
+  if ((x & 0x7fffffffu) == 0) return uint16_t(sign);
+  if (e >= 31) return uint16_t(sign | 0x7c00u);
+  if (e <= 0) {  // subnormal half
+    const uint32_t m = (mant | 0x800000u) >> (14 - e);
+    return uint16_t(sign | m);
+  }
+  return uint16_t(sign | (uint32_t(e) << 10) | (mant >> 13));
+}
+
+inline float from_half(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000u) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ffu;
+  uint32_t x;
+  if (e == 0) {
+    if (m == 0) {
+      x = sign;
+    } else {  // subnormal
+      int sh = 0;
+      uint32_t mm = m;
+      while (!(mm & 0x400u)) { mm <<= 1; ++sh; }
+      x = sign | (uint32_t(127 - 15 - sh + 1) << 23) | ((mm & 0x3ffu) << 13);
+    }
+  } else if (e == 31) {
+    x = sign | 0x7f800000u | (m << 13);
+  } else {
+    x = sign | ((e - 15 + 127) << 23) | (m << 13);
+  }
+  float f;
+  std::memcpy(&f, &x, 4);
+  return f;
+}
+
+}  // namespace cg
+
 const OrtCustomOp* q41_matmul_op();  // q41_matmul.cc: exact GGUF Q4_1 linear
 const OrtCustomOp* gqa_op();         // gqa_decode.cc: GroupQueryAttention with our one-token decode step
+const OrtCustomOp* q8_0_matmul_op(); // q8_0_matmul.cc: exact GGUF Q8_0 linear (the tied lm_head)

@@ -40,43 +40,6 @@ struct Packed {
   const uint8_t* at(int64_t g, int64_t b) const { return rec.data() + (g * nb + b) * REC; }
 };
 
-inline uint16_t to_half(float f) {  // exact for values that are fp16 (checked by the caller)
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  const uint32_t sign = (x >> 16) & 0x8000u;
-  const int32_t e = int32_t((x >> 23) & 0xff) - 127 + 15;
-  const uint32_t mant = x & 0x7fffffu;
-  if ((x & 0x7fffffffu) == 0) return uint16_t(sign);
-  if (e >= 31) return uint16_t(sign | 0x7c00u);
-  if (e <= 0) {  // subnormal half
-    const uint32_t m = (mant | 0x800000u) >> (14 - e);
-    return uint16_t(sign | m);
-  }
-  return uint16_t(sign | (uint32_t(e) << 10) | (mant >> 13));
-}
-
-inline float from_half(uint16_t h) {
-  const uint32_t sign = uint32_t(h & 0x8000u) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ffu;
-  uint32_t x;
-  if (e == 0) {
-    if (m == 0) {
-      x = sign;
-    } else {  // subnormal
-      int sh = 0;
-      uint32_t mm = m;
-      while (!(mm & 0x400u)) { mm <<= 1; ++sh; }
-      x = sign | (uint32_t(127 - 15 - sh + 1) << 23) | ((mm & 0x3ffu) << 13);
-    }
-  } else if (e == 31) {
-    x = sign | 0x7f800000u | (m << 13);
-  } else {
-    x = sign | ((e - 15 + 127) << 23) | (m << 13);
-  }
-  float f;
-  std::memcpy(&f, &x, 4);
-  return f;
-}
-
 // Returns false when a scale or minimum is not an fp16 value (not a GGUF Q4_1 weight): the caller refuses.
 bool pack(const uint8_t* B, const float* scales, const float* blockmin, int64_t K, int64_t N, Packed& p) {
   p.K = K;
@@ -94,8 +57,8 @@ bool pack(const uint8_t* B, const float* scales, const float* blockmin, int64_t 
         for (int64_t i = 0; i < 16; ++i) r[i * G + j] = src[i];
         const float d = scales[n * p.nb + b], c = blockmin[b * N + n];
         const float m = c - 8.0f * d;
-        const uint16_t hd = to_half(d), hm = to_half(m);
-        if (from_half(hd) != d || from_half(hm) + 8.0f * from_half(hd) != c) return false;
+        const uint16_t hd = cg::to_half(d), hm = cg::to_half(m);
+        if (cg::from_half(hd) != d || cg::from_half(hm) + 8.0f * cg::from_half(hd) != c) return false;
         dh[j] = hd;
         mh[j] = hm;
       }
@@ -158,7 +121,7 @@ void gemv(const Packed& p, const float* x, const float* s, float* y, int64_t g0,
         for (int j = 0; j < G; ++j)
           a[j] += float(int(q[i * G + j] & 15) - 8) * xb[2 * i] + float(int(q[i * G + j] >> 4) - 8) * xb[2 * i + 1];
       for (int j = 0; j < G; ++j) {
-        const float d = from_half(dh[j]), c = from_half(dh[G + j]) + 8.0f * d;
+        const float d = cg::from_half(dh[j]), c = cg::from_half(dh[G + j]) + 8.0f * d;
         acc[j] += a[j] * d + c * s[b];
       }
     }

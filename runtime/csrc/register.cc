@@ -15,6 +15,7 @@ OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options, const OrtA
   if (!added) {
     domain.Add(q41_matmul_op());
     domain.Add(gqa_op());
+    domain.Add(q8_0_matmul_op());
     added = true;
   }
   Ort::UnownedSessionOptions so(options);

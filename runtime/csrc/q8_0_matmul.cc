@@ -1,0 +1,176 @@
+// CoGenesis Edge kernels: an exact GGUF Q8_0 MatMul (SmolLM2's tied embedding / lm_head) as a custom op.
+//
+// Why hand-written: onnxruntime's 8-bit MatMulNBits is fast only with int8 activations, which move logits by
+// up to ~0.5; the portable graph therefore recomputes the top 64 logits exactly and leaves the tail
+// approximate. This op computes every logit exactly in fp32,
+//     Y = A @ W,  W[k, n] = d[n, b] * (u[n, k] - 128),  b = k / 32
+// over the same initializers (u: MatMulNBits' uint8 codes, d: its scales), streaming 1.06 bytes per weight.
+// Decode (up to 8 rows) is ours; more rows go to onnxruntime's MatMulNBits with fp32 activations (InvokeOp).
+#include "kernels.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+constexpr int64_t BLK = 32;
+constexpr int64_t G = 16;
+constexpr int64_t REC = BLK * G + 2 * G;  // 512 int8 codes (row k: 16 columns) + 16 fp16 scales
+constexpr int64_t SMALL_M = 8;
+
+struct Packed {
+  int64_t K = 0, N = 0, nb = 0;
+  std::vector<uint8_t> rec;  // [N/G][nb][REC]
+  const uint8_t* at(int64_t g, int64_t b) const { return rec.data() + (g * nb + b) * REC; }
+};
+
+bool pack(const uint8_t* B, const float* scales, int64_t K, int64_t N, Packed& p) {
+  p.K = K;
+  p.N = N;
+  p.nb = K / BLK;
+  p.rec.assign(static_cast<size_t>((N / G) * p.nb * REC), 0);
+  for (int64_t g = 0; g < N / G; ++g)
+    for (int64_t b = 0; b < p.nb; ++b) {
+      uint8_t* r = p.rec.data() + (g * p.nb + b) * REC;
+      uint16_t* dh = reinterpret_cast<uint16_t*>(r + BLK * G);
+      for (int64_t j = 0; j < G; ++j) {
+        const int64_t n = g * G + j;
+        const uint8_t* src = B + (n * p.nb + b) * BLK;
+        for (int64_t k = 0; k < BLK; ++k) r[k * G + j] = static_cast<uint8_t>(int(src[k]) - 128);  // int8 bits
+        const float d = scales[n * p.nb + b];
+        dh[j] = cg::to_half(d);
+        if (cg::from_half(dh[j]) != d) return false;
+      }
+    }
+  return true;
+}
+
+void gemv(const Packed& p, const float* x, float* y, int64_t g0, int64_t g1) {
+  for (int64_t g = g0; g < g1; ++g) {
+    const uint8_t* r = p.at(g, 0);
+#if defined(__AVX512F__)
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t b = 0; b < p.nb; ++b, r += REC) {
+      for (int l = 0; l < REC; l += 64) _mm_prefetch(reinterpret_cast<const char*>(r + 4 * REC + l), _MM_HINT_T0);
+      const float* xb = x + b * BLK;
+      __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+      for (int k = 0; k < BLK; k += 2) {
+        const __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + k * G))));
+        const __m512 w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + (k + 1) * G))));
+        a0 = _mm512_fmadd_ps(w0, _mm512_set1_ps(xb[k]), a0);
+        a1 = _mm512_fmadd_ps(w1, _mm512_set1_ps(xb[k + 1]), a1);
+      }
+      const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r + BLK * G)));
+      acc = _mm512_fmadd_ps(_mm512_add_ps(a0, a1), d, acc);
+    }
+    _mm512_storeu_ps(y + g * G, acc);
+#else
+    float acc[G] = {0};
+    for (int64_t b = 0; b < p.nb; ++b, r += REC) {
+      const float* xb = x + b * BLK;
+      const int8_t* q = reinterpret_cast<const int8_t*>(r);
+      const uint16_t* dh = reinterpret_cast<const uint16_t*>(r + BLK * G);
+      float a[G] = {0};
+      for (int k = 0; k < BLK; ++k)
+        for (int j = 0; j < G; ++j) a[j] += float(q[k * G + j]) * xb[k];
+      for (int j = 0; j < G; ++j) acc[j] += a[j] * cg::from_half(dh[j]);
+    }
+    std::memcpy(y + g * G, acc, sizeof(acc));
+#endif
+  }
+}
+
+struct Work {
+  const Packed* p;
+  const float* A;
+  int64_t M;
+  float* Y;
+  int64_t per;
+  int64_t total;
+};
+
+struct Q8Kernel {
+  Packed p;
+  Ort::Op mnb{nullptr};
+
+  Q8Kernel(const OrtApi&, const OrtKernelInfo* info) {
+    Ort::ConstKernelInfo ki(info);
+    int64_t K = ki.GetAttribute<int64_t>("K"), N = ki.GetAttribute<int64_t>("N");
+    if (K % BLK != 0 || N % G != 0)
+      ORT_CXX_API_THROW("Q8_0MatMul needs K % 32 == 0 and N % 16 == 0, got K=" + std::to_string(K) +
+                            " N=" + std::to_string(N), ORT_INVALID_ARGUMENT);
+    int c1 = 0, c2 = 0;
+    Ort::ConstValue B = ki.GetTensorConstantInput(1, &c1);
+    Ort::ConstValue S = ki.GetTensorConstantInput(2, &c2);
+    if (!c1 || !c2) ORT_CXX_API_THROW("Q8_0MatMul: codes and scales must be initializers", ORT_INVALID_ARGUMENT);
+    if (int64_t(B.GetTensorTypeAndShapeInfo().GetElementCount()) != N * K ||
+        int64_t(S.GetTensorTypeAndShapeInfo().GetElementCount()) != N * K / BLK)
+      ORT_CXX_API_THROW("Q8_0MatMul: initializer sizes do not match K=" + std::to_string(K) + " N=" +
+                            std::to_string(N), ORT_INVALID_ARGUMENT);
+    if (!pack(B.GetTensorData<uint8_t>(), S.GetTensorData<float>(), K, N, p))
+      ORT_CXX_API_THROW("Q8_0MatMul: scales are not fp16 values (not a GGUF Q8_0 weight); use the portable model.onnx",
+                        ORT_INVALID_ARGUMENT);
+    int64_t bits = 8, block = BLK, acc = 0;  // fp32 activations: exact
+    Ort::OpAttr attrs[] = {{"K", &K, 1, OrtOpAttrType::ORT_OP_ATTR_INT}, {"N", &N, 1, OrtOpAttrType::ORT_OP_ATTR_INT},
+                           {"bits", &bits, 1, OrtOpAttrType::ORT_OP_ATTR_INT},
+                           {"block_size", &block, 1, OrtOpAttrType::ORT_OP_ATTR_INT},
+                           {"accuracy_level", &acc, 1, OrtOpAttrType::ORT_OP_ATTR_INT}};
+    const char* names[] = {"T1", "T2", "T3", "T4"};
+    const ONNXTensorElementDataType types[] = {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8,
+                                               ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32};
+    mnb = Ort::Op::Create(info, "MatMulNBits", "com.microsoft", 1, names, types, 4, attrs, 5, 3, 1);
+  }
+
+  void Compute(OrtKernelContext* context) {
+    Ort::KernelContext ctx(context);
+    Ort::ConstValue a = ctx.GetInput(0);
+    std::vector<int64_t> shape = a.GetTensorTypeAndShapeInfo().GetShape();
+    if (shape.empty() || shape.back() != p.K)
+      ORT_CXX_API_THROW("Q8_0MatMul: input's last dimension must be K=" + std::to_string(p.K), ORT_INVALID_ARGUMENT);
+    int64_t M = 1;
+    for (size_t i = 0; i + 1 < shape.size(); ++i) M *= shape[i];
+    shape.back() = p.N;
+    Ort::UnownedValue y = ctx.GetOutput(0, shape);
+    if (M == 0) return;
+    if (M > SMALL_M) {
+      const OrtValue* ins[3] = {ctx.GetInput(0), ctx.GetInput(1), ctx.GetInput(2)};
+      OrtValue* outs[1] = {y};
+      mnb.Invoke(context, ins, 3, outs, 1);
+      return;
+    }
+    Work w{&p, a.GetTensorData<float>(), M, y.GetTensorMutableData<float>(), 64, p.N / G};
+    ctx.ParallelFor(
+        [](void* u, size_t i) {
+          auto* w = static_cast<Work*>(u);
+          const int64_t g0 = int64_t(i) * w->per, g1 = std::min(w->total, g0 + w->per);
+          for (int64_t g = g0; g < g1; ++g)
+            for (int64_t m = 0; m < w->M; ++m) gemv(*w->p, w->A + m * w->p->K, w->Y + m * w->p->N, g, g + 1);
+        },
+        static_cast<size_t>((w.total + w.per - 1) / w.per), 0, &w);
+  }
+};
+
+struct Q8Op : Ort::CustomOpBase<Q8Op, Q8Kernel> {
+  void* CreateKernel(const OrtApi& api, const OrtKernelInfo* info) const { return new Q8Kernel(api, info); }
+  const char* GetName() const { return "Q8_0MatMul"; }
+  const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
+  size_t GetInputTypeCount() const { return 3; }
+  ONNXTensorElementDataType GetInputType(size_t i) const {
+    return i == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+};
+
+const Q8Op kQ8;
+
+}  // namespace
+
+const OrtCustomOp* q8_0_matmul_op() { return &kQ8; }
