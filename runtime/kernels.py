@@ -93,6 +93,7 @@ def headers_dir(fetch: bool = True) -> Path:
     if data is None:
         raise KernelError(f"{url}: no data.tar in the package")
     raw = lzma.decompress(data) if data[:6] == b"\xfd7zXZ\x00" else data
+    cache_dir().mkdir(parents=True, exist_ok=True)  # a fresh checkout has no cache yet
     tmp = Path(tempfile.mkdtemp(prefix="hdr-", dir=cache_dir()))
     try:
         with tarfile.open(fileobj=io.BytesIO(raw)) as tf:

@@ -199,6 +199,14 @@ def test_bundle_without_kernel_graph_still_loads(int4_bundle, tmp_path):
     assert rt.load(b).graph_file == "model.onnx"
 
 
+def test_headers_fetch_into_a_fresh_cache(tmp_path, monkeypatch):
+    """What `make setup` does on a new machine: no cache folder yet; the pinned .deb is fetched and unpacked."""
+    monkeypatch.setenv("COGENESIS_CACHE", str(tmp_path / "new" / "cache"))
+    monkeypatch.delenv("COGENESIS_ORT_INCLUDE", raising=False)
+    inc = kernels.headers_dir()
+    assert (inc / "onnxruntime_cxx_api.h").is_file() and str(inc).startswith(str(tmp_path))
+
+
 def test_kernel_headers_are_pinned_and_extracted(lib):
     inc = kernels.headers_dir(fetch=False)
     assert (inc / "onnxruntime_c_api.h").is_file()
