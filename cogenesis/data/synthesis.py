@@ -358,12 +358,16 @@ class ChatClient:
             s = self._local.session = requests.Session()
         return s
 
-    def chat(self, messages: list[dict[str, str]], response_format: dict[str, Any] | None = None) -> str:
+    def chat(self, messages: list[dict[str, str]], response_format: dict[str, Any] | None = None,
+             attempt: int = 1) -> str:
         """Send one chat request; return the assistant message content.
 
-        ``response_format`` (this request's) takes precedence over the client's.
+        ``response_format`` (this request's) takes precedence over the client's. A retry (``attempt`` > 1) with a
+        fixed ``seed`` in extra_body uses seed + attempt - 1: the same seed tends to repeat the same mistake.
         """
         body: dict[str, Any] = {"model": self.model, "messages": messages, **self.extra_body}
+        if attempt > 1 and isinstance(body.get("seed"), int):
+            body["seed"] += attempt - 1
         if self.temperature is not None:
             body["temperature"] = self.temperature
         if self.max_tokens is not None:
@@ -698,7 +702,7 @@ def _run_unit(client: ChatClient, unit: _Unit, store: JsonlStore, max_attempts: 
     error = ""
     for attempt in range(1, max_attempts + 1):
         try:
-            raw = client.chat(messages, response_format=unit.response_format)
+            raw = client.chat(messages, response_format=unit.response_format, attempt=attempt)
         except GeneratorError as e:
             raise _UnitFailed("http", str(e), attempt, raw) from None
         try:

@@ -7,6 +7,8 @@
 
 #include <cstdint>
 #include <cstring>
+#include <string>
+#include <vector>
 
 namespace cg {
 
@@ -45,6 +47,32 @@ inline float from_half(uint16_t h) {
   float f;
   std::memcpy(&f, &x, 4);
   return f;
+}
+
+// A linear op: float activations, uint8 codes at input 1, float scales (and minima) after; one float output.
+template <typename Kernel, const char* Name, size_t Inputs>
+struct LinearOp : Ort::CustomOpBase<LinearOp<Kernel, Name, Inputs>, Kernel> {
+  void* CreateKernel(const OrtApi& api, const OrtKernelInfo* info) const { return new Kernel(api, info); }
+  const char* GetName() const { return Name; }
+  const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
+  size_t GetInputTypeCount() const { return Inputs; }
+  ONNXTensorElementDataType GetInputType(size_t i) const {
+    return i == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+};
+
+// Input 0 as rows of K floats: the row count M, and output 0 allocated as the same shape with N columns.
+inline int64_t linear_rows(Ort::KernelContext& ctx, int64_t K, int64_t N, const char* op, Ort::UnownedValue& y) {
+  std::vector<int64_t> shape = ctx.GetInput(0).GetTensorTypeAndShapeInfo().GetShape();
+  if (shape.empty() || shape.back() != K)
+    ORT_CXX_API_THROW(std::string(op) + ": input's last dimension must be K=" + std::to_string(K), ORT_INVALID_ARGUMENT);
+  int64_t M = 1;
+  for (size_t i = 0; i + 1 < shape.size(); ++i) M *= shape[i];
+  shape.back() = N;
+  y = ctx.GetOutput(0, shape);
+  return M;
 }
 
 }  // namespace cg

@@ -278,15 +278,9 @@ struct Q41Kernel {
 
   void Compute(OrtKernelContext* context) {
     Ort::KernelContext ctx(context);
-    Ort::ConstValue a = ctx.GetInput(0);
-    std::vector<int64_t> shape = a.GetTensorTypeAndShapeInfo().GetShape();
-    if (shape.empty() || shape.back() != p.K)
-      ORT_CXX_API_THROW("Q4_1MatMul: input's last dimension must be K=" + std::to_string(p.K), ORT_INVALID_ARGUMENT);
-    int64_t M = 1;
-    for (size_t i = 0; i + 1 < shape.size(); ++i) M *= shape[i];
-    shape.back() = p.N;
-    Ort::UnownedValue y = ctx.GetOutput(0, shape);
-    const float* A = a.GetTensorData<float>();
+    Ort::UnownedValue y{nullptr};
+    const int64_t M = cg::linear_rows(ctx, p.K, p.N, "Q4_1MatMul", y);
+    const float* A = ctx.GetInput(0).GetTensorData<float>();
     float* Y = y.GetTensorMutableData<float>();
     if (M == 0) return;
     if (M <= SMALL_M) {  // decode (and short blocks): stream each group's codes once, for every row
@@ -327,19 +321,8 @@ struct Q41Kernel {
   }
 };
 
-struct Q41Op : Ort::CustomOpBase<Q41Op, Q41Kernel> {
-  void* CreateKernel(const OrtApi& api, const OrtKernelInfo* info) const { return new Q41Kernel(api, info); }
-  const char* GetName() const { return "Q4_1MatMul"; }
-  const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
-  size_t GetInputTypeCount() const { return 4; }
-  ONNXTensorElementDataType GetInputType(size_t i) const {
-    return i == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
-  }
-  size_t GetOutputTypeCount() const { return 1; }
-  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-};
-
-const Q41Op kOp;
+constexpr char kQ41OpName[] = "Q4_1MatMul";
+const cg::LinearOp<Q41Kernel, kQ41OpName, 4> kOp;
 
 }  // namespace
 

@@ -130,14 +130,8 @@ struct Q8Kernel {
 
   void Compute(OrtKernelContext* context) {
     Ort::KernelContext ctx(context);
-    Ort::ConstValue a = ctx.GetInput(0);
-    std::vector<int64_t> shape = a.GetTensorTypeAndShapeInfo().GetShape();
-    if (shape.empty() || shape.back() != p.K)
-      ORT_CXX_API_THROW("Q8_0MatMul: input's last dimension must be K=" + std::to_string(p.K), ORT_INVALID_ARGUMENT);
-    int64_t M = 1;
-    for (size_t i = 0; i + 1 < shape.size(); ++i) M *= shape[i];
-    shape.back() = p.N;
-    Ort::UnownedValue y = ctx.GetOutput(0, shape);
+    Ort::UnownedValue y{nullptr};
+    const int64_t M = cg::linear_rows(ctx, p.K, p.N, "Q8_0MatMul", y);
     if (M == 0) return;
     if (M > SMALL_M) {
       const OrtValue* ins[3] = {ctx.GetInput(0), ctx.GetInput(1), ctx.GetInput(2)};
@@ -145,7 +139,7 @@ struct Q8Kernel {
       mnb.Invoke(context, ins, 3, outs, 1);
       return;
     }
-    Work w{&p, a.GetTensorData<float>(), M, y.GetTensorMutableData<float>(), 64, p.N / G};
+    Work w{&p, ctx.GetInput(0).GetTensorData<float>(), M, y.GetTensorMutableData<float>(), 64, p.N / G};
     ctx.ParallelFor(
         [](void* u, size_t i) {
           auto* w = static_cast<Work*>(u);
@@ -157,19 +151,8 @@ struct Q8Kernel {
   }
 };
 
-struct Q8Op : Ort::CustomOpBase<Q8Op, Q8Kernel> {
-  void* CreateKernel(const OrtApi& api, const OrtKernelInfo* info) const { return new Q8Kernel(api, info); }
-  const char* GetName() const { return "Q8_0MatMul"; }
-  const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
-  size_t GetInputTypeCount() const { return 3; }
-  ONNXTensorElementDataType GetInputType(size_t i) const {
-    return i == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
-  }
-  size_t GetOutputTypeCount() const { return 1; }
-  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-};
-
-const Q8Op kQ8;
+constexpr char kQ8OpName[] = "Q8_0MatMul";
+const cg::LinearOp<Q8Kernel, kQ8OpName, 3> kQ8;
 
 }  // namespace
 
