@@ -49,6 +49,22 @@ inline float from_half(uint16_t h) {
   return f;
 }
 
+// A weight re-laid for streaming: one record per (group of 16 output columns, block of 32 inputs), in the order
+// the decode loop reads them (each op defines what a record holds).
+struct Records {
+  int64_t K = 0, N = 0, nb = 0, size = 0;
+  std::vector<uint8_t> rec;  // [N/16][K/32][size]
+  void init(int64_t k, int64_t n, int64_t record_bytes) {
+    K = k;
+    N = n;
+    nb = k / 32;
+    size = record_bytes;
+    rec.assign(static_cast<size_t>((n / 16) * nb * size), 0);
+  }
+  uint8_t* at(int64_t g, int64_t b) { return rec.data() + (g * nb + b) * size; }
+  const uint8_t* at(int64_t g, int64_t b) const { return rec.data() + (g * nb + b) * size; }
+};
+
 // A linear op: float activations, uint8 codes at input 1, float scales (and minima) after; one float output.
 template <typename Kernel, const char* Name, size_t Inputs>
 struct LinearOp : Ort::CustomOpBase<LinearOp<Kernel, Name, Inputs>, Kernel> {

@@ -34,21 +34,14 @@ constexpr int64_t G = 16;    // output columns per group (one AVX-512 register o
 // One sequential stream per group: 0.625 bytes per weight, what the hardware prefetcher likes best.
 constexpr int64_t REC = 256 + 2 * G * 2;
 
-struct Packed {
-  int64_t K = 0, N = 0, nb = 0;
-  std::vector<uint8_t> rec;  // [N/G][nb][REC]
-  const uint8_t* at(int64_t g, int64_t b) const { return rec.data() + (g * nb + b) * REC; }
-};
+using Packed = cg::Records;
 
 // Returns false when a scale or minimum is not an fp16 value (not a GGUF Q4_1 weight): the caller refuses.
 bool pack(const uint8_t* B, const float* scales, const float* blockmin, int64_t K, int64_t N, Packed& p) {
-  p.K = K;
-  p.N = N;
-  p.nb = K / BLK;
-  p.rec.assign(static_cast<size_t>((N / G) * p.nb * REC), 0);
+  p.init(K, N, REC);
   for (int64_t g = 0; g < N / G; ++g)
     for (int64_t b = 0; b < p.nb; ++b) {
-      uint8_t* r = p.rec.data() + (g * p.nb + b) * REC;
+      uint8_t* r = p.at(g, b);
       uint16_t* dh = reinterpret_cast<uint16_t*>(r + 256);
       uint16_t* mh = dh + G;
       for (int64_t j = 0; j < G; ++j) {

@@ -25,20 +25,13 @@ constexpr int64_t G = 16;
 constexpr int64_t REC = BLK * G + 2 * G;  // 512 int8 codes (row k: 16 columns) + 16 fp16 scales
 constexpr int64_t SMALL_M = 8;
 
-struct Packed {
-  int64_t K = 0, N = 0, nb = 0;
-  std::vector<uint8_t> rec;  // [N/G][nb][REC]
-  const uint8_t* at(int64_t g, int64_t b) const { return rec.data() + (g * nb + b) * REC; }
-};
+using Packed = cg::Records;
 
 bool pack(const uint8_t* B, const float* scales, int64_t K, int64_t N, Packed& p) {
-  p.K = K;
-  p.N = N;
-  p.nb = K / BLK;
-  p.rec.assign(static_cast<size_t>((N / G) * p.nb * REC), 0);
+  p.init(K, N, REC);
   for (int64_t g = 0; g < N / G; ++g)
     for (int64_t b = 0; b < p.nb; ++b) {
-      uint8_t* r = p.rec.data() + (g * p.nb + b) * REC;
+      uint8_t* r = p.at(g, b);
       uint16_t* dh = reinterpret_cast<uint16_t*>(r + BLK * G);
       for (int64_t j = 0; j < G; ++j) {
         const int64_t n = g * G + j;
