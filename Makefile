@@ -9,7 +9,7 @@ export COGENESIS_CACHE ?= $(CURDIR)/.cache
 BUNDLE := artifacts/bundles/smollm2-int4
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: setup setup-executorch demo test test-fast lint bench android-apk android-deps test-android test-vllm clean
+.PHONY: setup setup-executorch demo test test-fast lint bench arm-check android-apk android-deps test-android test-vllm clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -51,6 +51,10 @@ bench: $(STAMP) $(BUNDLE)/manifest.json
 	# the llama.cpp row: a prebuilt llama.cpp from npm (node-llama-cpp, nothing compiled); skipped without node/npm
 	@bash bench/llamacpp_setup.sh || echo "llama.cpp not installed: its row will be skipped"
 	$(BIN)/python bench/edge_decode.py
+
+# the edge install + our kernels on an emulated Raspberry Pi 5 CPU (qemu-user, aarch64); correctness only, ~25 min
+arm-check: $(STAMP) $(BUNDLE)/manifest.json
+	bash scripts/arm_emulated.sh
 
 android-deps:
 	@bash android_demo/build_apk.sh --deps

@@ -10,6 +10,8 @@ The runtime uses that graph when the library is built and falls back to the port
     cogenesis kernels status
 
 COGENESIS_KERNELS=0 turns the kernels off; =1 makes a missing library an error instead of a fallback.
+COGENESIS_KERNELS_MARCH picks another -march than native (a cross build with CXX=aarch64-linux-gnu-g++ for a
+Raspberry Pi, or one library for a fleet: x86-64-v3); building and loading both read it.
 """
 
 from __future__ import annotations
@@ -50,6 +52,11 @@ def mode() -> str:
     """'off', 'auto' (use when built) or 'require' (COGENESIS_KERNELS=0 / unset / 1)."""
     v = os.environ.get("COGENESIS_KERNELS", "").strip().lower()
     return {"0": "off", "false": "off", "off": "off", "1": "require", "require": "require"}.get(v, "auto")
+
+
+def target_arch() -> str:
+    """The -march the library is built for: native, or COGENESIS_KERNELS_MARCH."""
+    return os.environ.get("COGENESIS_KERNELS_MARCH", "").strip() or "native"
 
 
 def _ar_members(data: bytes) -> dict[str, bytes]:
@@ -97,7 +104,7 @@ def headers_dir(fetch: bool = True) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix="hdr-", dir=cache_dir()))
     try:
         with tarfile.open(fileobj=io.BytesIO(raw)) as tf:
-            tf.extractall(tmp, filter="data")
+            _extract_headers(tf, tmp)
         dest.parent.mkdir(parents=True, exist_ok=True)
         if dest.exists():
             shutil.rmtree(dest)
@@ -105,6 +112,17 @@ def headers_dir(fetch: bool = True) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return inc
+
+
+def _extract_headers(tf: tarfile.TarFile, dest: Path) -> None:
+    """Only the regular files under usr/include/onnxruntime/, with checked names. By hand instead of
+    extractall(filter="data"): Python 3.11.2 (Debian bookworm, Raspberry Pi OS) has no `filter`."""
+    for m in tf.getmembers():
+        name = m.name.removeprefix("./")
+        if m.isfile() and name.startswith("usr/include/onnxruntime/") and ".." not in Path(name).parts:
+            out = dest / name
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(tf.extractfile(m).read())
 
 
 def _compiler() -> str:
@@ -132,12 +150,16 @@ def _key(cxx: str, inc: Path, march: str = "native") -> str:
     return h.hexdigest()[:16]
 
 
-def build(force: bool = False, march: str = "native") -> Path:
-    """Compile the kernel library (cached by source, flags, compiler and headers); returns its path.
-    march: another -march (e.g. x86-64-v3, an AVX2-only build) to test the portable code paths."""
-    cxx, inc = _compiler(), headers_dir()
+def _lib_path(cxx: str, inc: Path, march: str) -> Path:
     key = _key(cxx, inc, march)
-    out = cache_dir() / "kernels" / (key if march == "native" else f"{march}-{key}") / LIB_NAME
+    return cache_dir() / "kernels" / (key if march == "native" else f"{march}-{key}") / LIB_NAME
+
+
+def build(force: bool = False, march: str | None = None) -> Path:
+    """Compile the kernel library (cached by source, flags, compiler and headers); returns its path.
+    march: another -march than target_arch() (e.g. x86-64-v3, an AVX2-only build, to test the portable paths)."""
+    cxx, inc, march = _compiler(), headers_dir(), march or target_arch()
+    out = _lib_path(cxx, inc, march)
     if out.is_file() and not force:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -156,7 +178,7 @@ def library() -> Path | None:
     if mode() == "off":
         return None
     try:  # the build of THESE sources (an older build of other sources is ignored)
-        exact = cache_dir() / "kernels" / _key(_compiler(), headers_dir(fetch=False)) / LIB_NAME
+        exact = _lib_path(_compiler(), headers_dir(fetch=False), target_arch())
         if exact.is_file():
             return exact
     except KernelError:
@@ -175,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             print(build(force="--force" in args))
         elif cmd == "status":
             lib = library()
-            print(f"kernels: {mode()}; library: {lib or 'not built (cogenesis kernels build)'}")
+            print(f"kernels: {mode()}; -march={target_arch()}; library: {lib or 'not built (cogenesis kernels build)'}")
         else:
             print(__doc__)
             return 2

@@ -216,6 +216,43 @@ def test_kernel_headers_are_pinned_and_extracted(lib):
         kernels._ar_members(b"definitely not an ar archive")
 
 
+def test_header_extraction_takes_only_header_files(tmp_path):
+    """The .deb's data.tar is unpacked by hand (Python 3.11.2 has no extractall filter): only regular files under
+    usr/include/onnxruntime/, never a path that climbs out or a link."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, data in (("./usr/include/onnxruntime/a.h", b"ok"), ("./usr/lib/libx.so", b"lib"),
+                           ("./usr/include/onnxruntime/../../../../evil.h", b"evil")):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+        link = tarfile.TarInfo("./usr/include/onnxruntime/link.h")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tf.addfile(link)
+    buf.seek(0)
+    dest = tmp_path / "x" / "y"
+    with tarfile.open(fileobj=buf) as tf:
+        kernels._extract_headers(tf, dest)
+    found = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file() or p.is_symlink())
+    assert found == ["x/y/usr/include/onnxruntime/a.h"]
+
+
+def test_march_setting_is_shared_by_build_and_load(monkeypatch):
+    """COGENESIS_KERNELS_MARCH (a cross build, a fleet build): the runtime finds the library built for it."""
+    import platform
+
+    march = "x86-64-v3" if platform.machine() in ("x86_64", "AMD64") else "armv8-a"
+    monkeypatch.setenv("COGENESIS_KERNELS_MARCH", march)
+    assert kernels.target_arch() == march
+    built = kernels.build()
+    assert f"{march}-" in built.parent.name and kernels.library() == built
+    monkeypatch.delenv("COGENESIS_KERNELS_MARCH")
+    assert kernels.library() != built  # the native build is another library
+
+
 def _gqa(domain: str, lib: str | None, nh=9, nkv=3, hd=64, maxpos=256, **attrs) -> ort.InferenceSession:
     ang = np.arange(maxpos)[:, None] / (10000 ** (np.arange(hd // 2) / (hd // 2)))[None]
     inits = [numpy_helper.from_array(np.cos(ang).astype(np.float32), "cos"),
