@@ -65,7 +65,7 @@ def _kernel_lib(path: str) -> str | None:
         return None
     from cogenesis.runtime import kernels
 
-    return str(kernels.library() or kernels.build())
+    return str(kernels.build())  # the cached build when there is one
 
 
 def _peak_rss_mb() -> float:
@@ -451,9 +451,10 @@ def main() -> None:
         bundles[q] = b
     configs = [("transformers eager fp32", "eager", str(hf_dir), None)]
     configs += [(f"cogenesis ORT {q}", "ort", str(b / "model.onnx"), b) for q, b in bundles.items()]
-    if (bundles["int4"] / "model.kernel.onnx").is_file():  # the default: our exact Q4_1 kernel; the row above is
-        configs.insert(4, ("cogenesis ORT int4 + kernels (default)", "ort", str(bundles["int4"] / "model.kernel.onnx"),
-                           bundles["int4"]))  # the same bundle's portable graph (what runs without the library)
+    if (bundles["int4"] / "model.kernel.onnx").is_file():  # the default: our exact Q4_1 kernel, right after the
+        at = 1 + [c[0] for c in configs].index("cogenesis ORT int4")  # same bundle's portable graph (no library)
+        configs.insert(at, ("cogenesis ORT int4 + kernels (default)", "ort", str(bundles["int4"] / "model.kernel.onnx"),
+                            bundles["int4"]))
     g = _genai_int4(hf_dir) if wanted("builder int4") else None
     if g:
         configs.append(("onnxruntime-genai builder int4", "ort", str(g), g.parent))

@@ -200,6 +200,16 @@ def _replace_embedding(g, weights: dict[str, BlockCodes], new_inits: list) -> No
         g.node.insert(idx + j, n)
 
 
+def _keep_used_initializers(g: onnx.GraphProto, new_inits: list | None = None) -> None:
+    """Drop initializers no node reads; append the new ones that are read (each once: the Q8_0 codes are shared
+    by embedding and lm_head)."""
+    used = {i for n in g.node for i in n.input}
+    keep = [t for t in g.initializer if t.name in used]
+    fresh = {t.name: t for t in new_inits or [] if t.name in used}
+    del g.initializer[:]
+    g.initializer.extend(keep + list(fresh.values()))
+
+
 def quantize_gguf_exact(model: onnx.ModelProto, gguf_path: str, accuracy_level: int = 0,
                         q8_accuracy_level: int = 4, lm_head: str = "q8-refine", refine_top: int = 64) -> dict:
     """lm_head: "q8-refine" (8-bit, int8 activations, exact top-`refine_top`), "q8" (8-bit only) or "fp32".
@@ -229,11 +239,7 @@ def quantize_gguf_exact(model: onnx.ModelProto, gguf_path: str, accuracy_level: 
             if is_head and lm_head == "q8-refine" and weights[node.input[1]].kind == "Q8_0":
                 _refine_top_logits(g, new[-1], refine_top, new_inits)
             replaced += 1
-    used = {i for n in g.node for i in n.input}
-    keep = [t for t in g.initializer if t.name in used]
-    del g.initializer[:]
-    fresh = {t.name: t for t in new_inits if t.name in used}  # the Q8_0 codes are shared by embedding and lm_head
-    g.initializer.extend(keep + list(fresh.values()))
+    _keep_used_initializers(g, new_inits)
     if not any(o.domain == MS for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS, 1))
     kinds = sorted({c.kind for c in weights.values()})
@@ -244,6 +250,10 @@ def quantize_gguf_exact(model: onnx.ModelProto, gguf_path: str, accuracy_level: 
 
 
 KERNEL_DOMAIN = "cogenesis"
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
 def kernel_graph(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
@@ -264,7 +274,7 @@ def kernel_graph(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
         q, mn = producer.get(add.input[0]), producer.get(add.input[1])
         if q is None or mn is None or q.op_type != "MatMulNBits" or mn.op_type != "MatMul":
             continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in q.attribute}
+        attrs = _attrs(q)
         if attrs.get("bits") != 4 or attrs.get("block_size") != BLOCK or len(q.input) != 3:
             continue
         node = helper.make_node("Q4_1MatMul", [q.input[0], q.input[1], q.input[2], mn.input[1]], [add.output[0]],
@@ -276,7 +286,7 @@ def kernel_graph(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
         fused += 1
     head = 0
     for q8 in [n for n in g.node if n.op_type == "MatMulNBits" and n.domain == MS]:
-        attrs = {a.name: helper.get_attribute_value(a) for a in q8.attribute}
+        attrs = _attrs(q8)
         if attrs.get("bits") != 8 or attrs.get("block_size") != BLOCK or len(q8.input) != 3:
             continue
         # exact fp32 logits: the top-64 refinement after the int8-activation lm_head (TopK .. Scatter) goes too
@@ -305,10 +315,7 @@ def kernel_graph(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
             break
         for n in dead:
             g.node.remove(n)
-    used = {i for n in g.node for i in n.input}
-    keep = [t for t in g.initializer if t.name in used]
-    del g.initializer[:]
-    g.initializer.extend(keep)
+    _keep_used_initializers(g)
     out.opset_import.append(helper.make_opsetid(KERNEL_DOMAIN, 1))
     return out, {f"{KERNEL_DOMAIN}.Q4_1MatMul": fused, f"{KERNEL_DOMAIN}.Q8_0MatMul": head,
                  f"{KERNEL_DOMAIN}.GroupQueryAttention": attention}

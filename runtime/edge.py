@@ -20,6 +20,13 @@ from .sampling import Sampler, SamplingConfig
 Prompt = str | list[dict]
 
 
+def _open_session(path: Path, threads: int | None, lib: str | None):
+    try:
+        return make_session(str(path), threads, custom_ops=lib)
+    except Exception as e:
+        raise BundleError(f"{path} could not be loaded by onnxruntime ({e}); re-export the bundle") from e
+
+
 class EdgeModel:
     def __init__(self, bundle: str | Path, threads: int | None = None, verify: bool = True):
         self.path = Path(bundle)
@@ -35,17 +42,15 @@ class EdgeModel:
         self.generation_config = json.loads((self.path / "generation_config.json").read_text(encoding="utf-8"))
         onnx_path, lib = self._graph()
         try:
-            session = make_session(str(onnx_path), threads, custom_ops=lib)
-        except Exception as e:
+            session = _open_session(onnx_path, threads, lib)
+        except BundleError as e:
             if lib is None or kernels.mode() == "require":
-                raise BundleError(f"{onnx_path} could not be loaded by onnxruntime ({e}); re-export the bundle") from e
+                raise
+            # a kernel-graph problem: the portable graph may still load (if not, the bundle is broken)
             onnx_path, lib = self.path / m["onnx"]["file"], None
-            try:  # a kernel-graph problem: the portable graph may still load (if not, the bundle is broken)
-                session = make_session(str(onnx_path), threads)
-            except Exception as e2:
-                raise BundleError(f"{onnx_path} could not be loaded by onnxruntime ({e2}); re-export the bundle") from e2
-            warnings.warn(f"model.kernel.onnx did not load with our kernel library ({e}); using the portable "
-                          "model.onnx", stacklevel=2)
+            session = _open_session(onnx_path, threads, None)
+            warnings.warn(f"model.kernel.onnx did not load with our kernel library ({e.__cause__}); using the "
+                          "portable model.onnx", stacklevel=2)
         self.graph_file, self.kernel_library = onnx_path.name, lib
         self._check_signature(session)
         mm = m["model"]

@@ -125,8 +125,8 @@ def test_incremental_decode_equals_full_recompute(int4_model):
 
 
 def _same_logits(got, want):
-    """The int4 bundle's top-64 logits (by the approximate ranking) are exact fp32; the rest come from the
-    int8-activation lm_head, where a 1e-7 change of the hidden state (decode and prefill sum in different orders)
+    """Without our kernel library the int4 bundle runs its portable graph: its top-64 logits (by the approximate
+    ranking) are exact fp32; the rest come from the int8-activation lm_head, where a 1e-7 change of the hidden state (decode and prefill sum in different orders)
     can flip one activation's rounding and move the tail by ~0.03 (and swap which tokens near rank 64 were made
     exact). A cache bug moves the top logits by far more than 2e-3."""
     top = np.argsort(-want)[:32]

@@ -5,6 +5,7 @@
 #include <onnxruntime_cxx_api.h>
 #undef ORT_API_MANUAL_INIT
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -89,6 +90,31 @@ inline int64_t linear_rows(Ort::KernelContext& ctx, int64_t K, int64_t N, const 
   shape.back() = N;
   y = ctx.GetOutput(0, shape);
   return M;
+}
+
+// K and N attributes of a linear op, checked against the record layout (blocks of 32 inputs, groups of 16 outputs).
+inline void linear_shape(const Ort::ConstKernelInfo& ki, const char* op, int64_t& K, int64_t& N) {
+  K = ki.GetAttribute<int64_t>("K");
+  N = ki.GetAttribute<int64_t>("N");
+  if (K % 32 != 0 || N % 16 != 0)
+    ORT_CXX_API_THROW(std::string(op) + " needs K % 32 == 0 and N % 16 == 0, got K=" + std::to_string(K) +
+                          " N=" + std::to_string(N), ORT_INVALID_ARGUMENT);
+}
+
+// f(i0, i1) over [0, total) in chunks of `per`, on onnxruntime's intra-op thread pool.
+template <typename F>
+void parallel_chunks(Ort::KernelContext& ctx, int64_t total, int64_t per, F&& f) {
+  struct Job {
+    F* f;
+    int64_t total, per;
+  } job{&f, total, per};
+  ctx.ParallelFor(
+      [](void* u, size_t i) {
+        auto* j = static_cast<Job*>(u);
+        const int64_t a = int64_t(i) * j->per;
+        (*j->f)(a, std::min(j->total, a + j->per));
+      },
+      static_cast<size_t>((total + per - 1) / per), 0, &job);
 }
 
 }  // namespace cg

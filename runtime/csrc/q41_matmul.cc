@@ -233,25 +233,13 @@ void gemm(const Packed& p, const float* A, int64_t M, float* Y, int64_t pair0, i
 }
 
 
-struct Work {
-  const Packed* p;
-  const float* A;
-  int64_t M;
-  float* Y;
-  const float* s;
-  int64_t per;  // groups (decode) or group pairs (prefill) per task
-  int64_t total;
-};
-
 struct Q41Kernel {
   Packed p;
 
   Q41Kernel(const OrtApi&, const OrtKernelInfo* info) {
     Ort::ConstKernelInfo ki(info);
-    const int64_t K = ki.GetAttribute<int64_t>("K"), N = ki.GetAttribute<int64_t>("N");
-    if (K % BLK != 0 || N % G != 0)
-      ORT_CXX_API_THROW("Q4_1MatMul needs K % 32 == 0 and N % 16 == 0, got K=" + std::to_string(K) +
-                            " N=" + std::to_string(N), ORT_INVALID_ARGUMENT);
+    int64_t K, N;
+    cg::linear_shape(ki, "Q4_1MatMul", K, N);
     int c1 = 0, c2 = 0, c3 = 0;
     Ort::ConstValue B = ki.GetTensorConstantInput(1, &c1);
     Ort::ConstValue S = ki.GetTensorConstantInput(2, &c2);
@@ -284,33 +272,17 @@ struct Q41Kernel {
           for (int64_t j = 0; j < BLK; ++j) t += A[m * p.K + b * BLK + j];
           s[m * p.nb + b] = t;
         }
-      const int64_t groups = p.N / G;
-      Work w{&p, A, M, Y, s.data(), 8, groups};
-      const size_t tasks = static_cast<size_t>((groups + w.per - 1) / w.per);
-      ctx.ParallelFor(
-          [](void* u, size_t i) {
-            auto* w = static_cast<Work*>(u);
-            const int64_t g0 = int64_t(i) * w->per, g1 = std::min(w->total, g0 + w->per);
-            for (int64_t g = g0; g < g1; ++g)  // the group's records stay in L1 across rows
-              for (int64_t m = 0; m < w->M; ++m)
-                gemv(*w->p, w->A + m * w->p->K, w->s + m * w->p->nb, w->Y + m * w->p->N, g, g + 1);
-          },
-          tasks, 0, &w);
+      cg::parallel_chunks(ctx, p.N / G, 8, [&](int64_t g0, int64_t g1) {
+        for (int64_t g = g0; g < g1; ++g)  // the group's records stay in L1 across rows
+          for (int64_t m = 0; m < M; ++m) gemv(p, A + m * p.K, s.data() + m * p.nb, Y + m * p.N, g, g + 1);
+      });
       return;
     }
-    {  // prefill: dequantize a K x 32 panel per column pair, GEMM the rows against it
-      const int64_t pairs = (p.N / G + 1) / 2;
-      Work w{&p, A, M, Y, nullptr, 4, pairs};
-      ctx.ParallelFor(
-          [](void* u, size_t i) {
-            auto* w = static_cast<Work*>(u);
-            thread_local std::vector<float> panel;
-            const int64_t p0 = int64_t(i) * w->per;
-            gemm(*w->p, w->A, w->M, w->Y, p0, std::min(w->total, p0 + w->per), panel);
-          },
-          static_cast<size_t>((pairs + w.per - 1) / w.per), 0, &w);
-      return;
-    }
+    // prefill: dequantize a K x 32 panel per column pair, GEMM the rows against it
+    cg::parallel_chunks(ctx, (p.N / G + 1) / 2, 4, [&](int64_t p0, int64_t p1) {
+      thread_local std::vector<float> panel;
+      gemm(p, A, M, Y, p0, p1, panel);
+    });
   }
 };
 

@@ -80,25 +80,14 @@ void gemv(const Packed& p, const float* x, float* y, int64_t g0, int64_t g1) {
   }
 }
 
-struct Work {
-  const Packed* p;
-  const float* A;
-  int64_t M;
-  float* Y;
-  int64_t per;
-  int64_t total;
-};
-
 struct Q8Kernel {
   Packed p;
   Ort::Op mnb{nullptr};
 
   Q8Kernel(const OrtApi&, const OrtKernelInfo* info) {
     Ort::ConstKernelInfo ki(info);
-    int64_t K = ki.GetAttribute<int64_t>("K"), N = ki.GetAttribute<int64_t>("N");
-    if (K % BLK != 0 || N % G != 0)
-      ORT_CXX_API_THROW("Q8_0MatMul needs K % 32 == 0 and N % 16 == 0, got K=" + std::to_string(K) +
-                            " N=" + std::to_string(N), ORT_INVALID_ARGUMENT);
+    int64_t K, N;
+    cg::linear_shape(ki, "Q8_0MatMul", K, N);
     int c1 = 0, c2 = 0;
     Ort::ConstValue B = ki.GetTensorConstantInput(1, &c1);
     Ort::ConstValue S = ki.GetTensorConstantInput(2, &c2);
@@ -132,15 +121,12 @@ struct Q8Kernel {
       mnb.Invoke(context, ins, 3, outs, 1);
       return;
     }
-    Work w{&p, ctx.GetInput(0).GetTensorData<float>(), M, y.GetTensorMutableData<float>(), 64, p.N / G};
-    ctx.ParallelFor(
-        [](void* u, size_t i) {
-          auto* w = static_cast<Work*>(u);
-          const int64_t g0 = int64_t(i) * w->per, g1 = std::min(w->total, g0 + w->per);
-          for (int64_t g = g0; g < g1; ++g)
-            for (int64_t m = 0; m < w->M; ++m) gemv(*w->p, w->A + m * w->p->K, w->Y + m * w->p->N, g, g + 1);
-        },
-        static_cast<size_t>((w.total + w.per - 1) / w.per), 0, &w);
+    const float* A = ctx.GetInput(0).GetTensorData<float>();
+    float* Y = y.GetTensorMutableData<float>();
+    cg::parallel_chunks(ctx, p.N / G, 64, [&](int64_t g0, int64_t g1) {
+      for (int64_t g = g0; g < g1; ++g)
+        for (int64_t m = 0; m < M; ++m) gemv(p, A + m * p.K, Y + m * p.N, g, g + 1);
+    });
   }
 };
 
