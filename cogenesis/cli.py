@@ -116,10 +116,13 @@ def cmd_info(a) -> int:
         kp = rep.get("kernel_parity", {})
         par = (f"top-1 {kp['teacher_forced_top1']:.4f}, greedy identical {kp['greedy_identical_prompts']}/{kp['prompts']}"
                if "teacher_forced_top1" in kp else kp.get("skipped", "no parity recorded"))
-        lib = kernels.library() if kernels.mode() != "require" else None
+        try:
+            used = "used: library built" if kernels.library() else (
+                "not used: COGENESIS_KERNELS=0" if kernels.mode() == "off" else "not used: run `cogenesis kernels build`")
+        except kernels.KernelError:  # COGENESIS_KERNELS=1 and no library: loading this bundle would fail
+            used = "REQUIRED but not built: run `cogenesis kernels build`"
         ops = ", ".join(f"{n} x {op}" for op, n in kg.get("ops", {}).items())
-        print(f"kernels     {kg['file']} ({ops}; {par}); "
-              f"{'used: library built' if lib else 'not used: ' + ('off' if kernels.mode() == 'off' else 'run `cogenesis kernels build`')}")
+        print(f"kernels     {kg['file']} ({ops}; {par}); {used}")
     for f, info in m["files"].items():
         print(f"  {f:28s} {info['size']:>12,d}  {info['sha256'][:16]}")
     return 0

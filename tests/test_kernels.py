@@ -187,6 +187,20 @@ def test_required_kernels_missing_is_a_clear_error(int4_bundle, tmp_path, monkey
     assert rt.load(int4_bundle).graph_file == "model.onnx"
 
 
+@pytest.mark.parametrize("setting, built, says", [("1", True, "used: library built"), ("0", True, "not used: COGENESIS_KERNELS=0"),
+                                                  ("", False, "not used: run `cogenesis kernels build`"),
+                                                  ("1", False, "REQUIRED but not built")])
+def test_info_says_whether_kernels_are_used(int4_bundle, lib, tmp_path, monkeypatch, capsys, setting, built, says):
+    from cogenesis.cli import main
+
+    if not built:
+        monkeypatch.setenv("COGENESIS_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("COGENESIS_KERNELS", setting)
+    assert main(["info", str(int4_bundle)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("kernels"))
+    assert says in line and "150 x cogenesis.Q4_1MatMul" in line
+
+
 def test_bundle_without_kernel_graph_still_loads(int4_bundle, tmp_path):
     """Older bundles (no model.kernel.onnx in the manifest) run the portable graph."""
     b = tmp_path / "b"
