@@ -10,17 +10,19 @@ The guard knows the session's private context and looks for it in outbound text:
   each task instruction scanned against the 149 *other* users' contexts (22,350 unrelated pairs: any span is a
   false positive) and against its own user's context (instructions that really quote the user's facts):
 
-  ===============  ==============================  ===================================
-  n-gram           unrelated pairs with a span     own instructions with a span
-  ===============  ==============================  ===================================
-  2 content words  2361 (10.6 %)                   136/150
-  3 content words   128 (0.57 %)                    77/150 (many are mere topic words)
-  **4**             **5 (0.022 %)**                 **34/150**
-  5 content words     2 (0.009 %)                   12/150
-  6 content words     1 (0.004 %)                    1/150
-  ===============  ==============================  ===================================
+  ===================  ==============================  ===================================
+  rule                 unrelated pairs with a finding  own instructions with a finding
+  ===================  ==============================  ===================================
+  2 content words      2361 (10.6 %)                   136/150
+  3 content words       128 (0.57 %)                    77/150 (many are mere topic words)
+  **4**                 **5 (0.022 %)**                 **34/150**
+  5 content words         2 (0.009 %)                   12/150
+  6 content words         1 (0.004 %)                    1/150
+  private-term model    575 (2.58 %)                    49/150 (see `cogenesis.cloud_bridge.terms`)
+  ===================  ==============================  ===================================
 
-  (Plain 5-word n-grams without the stop/task-word filter: 127 unrelated pairs, 0.57 %.) 4 is the knee: 25x
+  (The last row is the private-term model alone, per user rather than per record: 22,272 pairs of different
+  users.) (Plain 5-word n-grams without the stop/task-word filter: 127 unrelated pairs, 0.57 %.) 4 is the knee: 25x
   fewer false positives than 3, ~3x the recall of 5. The authors' generic system prompt flags 0/150 contexts
   from 3 up. The instruction *sanitizer* (non-blocking, shows its changes) uses 3 on profile facts.
 * **identifiers**: short high-value profile values matched exactly as whole words, case-insensitively:
@@ -32,6 +34,15 @@ The guard knows the session's private context and looks for it in outbound text:
   "Age: 34" does not flag every "34" and a "Friendly" trait does not flag "friendly".
 * **patterns** (no context needed): e-mail addresses, phone numbers, card numbers (Luhn), IBANs (mod 97),
   US SSN-like numbers and street addresses.
+* **private terms** (`cogenesis.cloud_bridge.terms`): every rare word, name, code name, number, date and
+  address of the context, matched on normalized text (case, accents, zero-width characters, full-width
+  letters, hyphens and number/date formats folded), kind ``private_term``. The sanitizer replaces them with
+  "[NAME]", "[PRIVATE]", "[NUMBER]", "[DATE]", "[EMAIL]"; `pending` says when a text ends in the first
+  letters of one (the logits modes hold such a step back).
+
+The scan is linear in the body size (long strings are cut at sentence ends and a piece is matched only when
+it holds enough private words; patterns run around digits and "@" only): a 1 MB body in ~0.1-0.2 s here
+(``bench/guard_scan.py``), where the per-pattern overlap checks used to make digit-heavy bodies quadratic.
 
 Modes: ``strict`` raises `PrivacyViolation` on any finding (nothing is sent), ``audit`` records the findings
 and lets the request go, ``off`` does not inspect and only logs the request. Every call appends one record to
@@ -46,9 +57,11 @@ import json
 import re
 import unicodedata
 import uuid
+from bisect import bisect_right, insort
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import unquote_plus
@@ -56,6 +69,8 @@ from urllib.parse import unquote_plus
 from cogenesis.context import PrivateContext
 
 from .audit import append_record
+from .terms import PLACEHOLDER as TERM_PLACEHOLDERS
+from .terms import PrivateTerms
 
 MODES = ("strict", "audit", "off")
 DEFAULT_NGRAM = 4  # content words, see the module docstring for the measurement
@@ -63,6 +78,8 @@ SANITIZE_NGRAM = 3  # the sanitizer rewrites (never blocks), so it can afford mo
 MIN_FACT_ITEM = 3  # a ";"-separated fact shorter than the n-gram still matches whole if it has >= 3 content words
 MAX_GAP_WORDS = 3  # an n-gram may skip at most this many stop/task words between two content words
 MAX_MATCH_CHARS = 200  # how much of a match an audit record keeps
+PIECE_CHARS = 4096  # long texts are scanned in pieces of about this size, cut at sentence ends
+LOCATE_MAX = 100_000  # longer strings: private terms are reported at offsets of the normalized text
 
 STOPWORDS = frozenset(
     """a an the and or nor but if then else of to in on at by for with from as into onto about over under after
@@ -94,6 +111,8 @@ _DESCRIPTIVE_KEYS = {"occupation", "job", "profession", "role", "traits", "perso
 _HONORIFICS = {"dr", "mr", "mrs", "ms", "mx", "prof", "jr", "sr", "ii", "iii", "phd", "md"}
 
 _WORD = re.compile(r"\w+")
+_TRAILING_WORD = re.compile(r"(\w+)$")
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
 _BREAK = re.compile(r"[.!?;:()\[\]{}\"\n\u201c\u201d]|(?<!\w)['\u2018\u2019]|['\u2018\u2019](?!\w)")
 _EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?![\w-])")
 _PHONE = re.compile(
@@ -121,7 +140,7 @@ _PATTERN_REPLACEMENT = {
 }
 _FACT_REPLACEMENT = "[private detail]"
 # Every bracketed stand-in the sanitizer writes: text a cloud model sees where only the device knows the fact.
-PLACEHOLDERS = frozenset({*_PATTERN_REPLACEMENT.values(), _FACT_REPLACEMENT, "[private]"})
+PLACEHOLDERS = frozenset({*_PATTERN_REPLACEMENT.values(), _FACT_REPLACEMENT, "[private]", *TERM_PLACEHOLDERS.values()})
 
 
 @dataclass(frozen=True)
@@ -230,8 +249,10 @@ class _SpanIndex:
         self.n = n
         self.grams: dict[tuple[str, ...], str] = {}
         self.lengths = {n}
+        self._pairs: set[tuple[str, str]] | None = None
 
     def add(self, text: str, source: str, items: bool = False) -> None:
+        self._pairs = None
         for seg in content_segments(text):
             ws = [w for w, _, _ in seg]
             for i in range(len(ws) - self.n + 1):
@@ -242,6 +263,26 @@ class _SpanIndex:
                 if MIN_FACT_ITEM <= len(iw) < self.n:
                     self.grams.setdefault(iw, source)
                     self.lengths.add(len(iw))
+
+    def may_match(self, words: list[str]) -> bool:
+        """False when no n-gram can match a text with these (casefolded) words: no chain of as many content
+        words, each next to the other in some private n-gram, as the shortest n-gram has (a conservative,
+        linear pre-check: segment breaks and gaps are ignored)."""
+        if not self.grams:
+            return False
+        if self._pairs is None:
+            self._pairs = {(g[i], g[i + 1]) for g in self.grams for i in range(len(g) - 1)}
+        need, run = min(self.lengths) - 1, 0
+        content = [w for w in words if w not in _NON_CONTENT]
+        pairs = self._pairs
+        for pair in zip(content, content[1:], strict=False):
+            if pair in pairs:
+                run += 1
+                if run >= need:
+                    return True
+            else:
+                run = 0
+        return False
 
     def find(self, text: str) -> list[tuple[int, int, str]]:
         """Private n-gram matches, overlapping ones merged: (start, end, source) character spans."""
@@ -292,7 +333,9 @@ class EgressGuard:
         self._facts = _SpanIndex(min(SANITIZE_NGRAM, ngram))  # used by sanitize() only
         self._exact: dict[str, _Entry] = {}
         self._exact_re: re.Pattern | None = None
+        self._exact_vocab: set[str] | None = None
         ctx = context or PrivateContext()
+        self.terms = PrivateTerms.from_context(ctx)
         for key, value in ctx.profile.items():
             if value and value.strip():
                 self._add_profile_field(key, value)
@@ -314,6 +357,9 @@ class EgressGuard:
             return
         if exact is None:
             exact = len(content_tokens(text)) < self._spans.n
+        self.terms.add_text(text, label)
+        if exact:
+            self.terms.add_term(text, "phrase", label)
         self._add_tokens(text, label)
         if exact:
             self._add_exact(text, label, "a private detail", cap_only=False)
@@ -364,7 +410,13 @@ class EgressGuard:
         key = _norm_phrase(phrase)
         if key and key not in self._exact:
             self._exact[key] = _Entry(source, replacement, cap_only)
-            self._exact_re = None
+            self._exact_re = self._exact_vocab = None
+
+    @property
+    def _exact_words(self) -> set[str]:
+        if self._exact_vocab is None:
+            self._exact_vocab = {w for k in self._exact for w in _WORD.findall(k)}
+        return self._exact_vocab
 
     def _exact_pattern(self) -> re.Pattern | None:
         if self._exact_re is None and self._exact:
@@ -375,28 +427,60 @@ class EgressGuard:
 
     # ---- scanning -------------------------------------------------------------------------------------
 
-    def scan_text(self, text: str, path: str = "") -> list[Finding]:
-        """All findings in one string, ordered by position."""
+    def scan_text(self, text: str, path: str = "", terms: bool = True) -> list[Finding]:
+        """All findings in one string, ordered by position. ``terms=False``: only the rules the Android demo's
+        JavaScript port has (no private-term model). Linear in ``len(text)``: long texts are cut at sentence
+        ends (where no span or identifier runs on) and each piece is matched only if it holds enough words
+        of the private index (see `_scan_piece`); patterns run only around digits and "@"."""
         found: list[Finding] = []
+        for a, b in _pieces(text):
+            found += self._scan_piece(text, a, b, path, prefilter=len(text) > PIECE_CHARS)
+        found = _outside(_pattern_findings(text, path), [f for f in found if f.kind == "identifier"], found)
+        if terms:
+            found += self._term_findings(text, path, found)
+        return sorted(set(found), key=lambda f: (f.start, f.end, f.kind))
+
+    def _scan_piece(self, text: str, a: int, b: int, path: str, prefilter: bool) -> list[Finding]:
+        """Identifiers and verbatim spans in ``text[a:b]`` (offsets into ``text``). With ``prefilter``, the
+        exact-identifier regex runs only if a word of an identifier is there, and the n-gram matcher only if
+        enough words of the private n-grams stand close enough together to form one."""
+        piece = text[a:b]
+        words = None
+        if prefilter:
+            words = _words(piece)
+        out: list[Finding] = []
         pat = self._exact_pattern()
-        if pat is not None:
-            for m in pat.finditer(text):
+        if pat is not None and (words is None or not self._exact_words.isdisjoint(words)):
+            for m in pat.finditer(piece):
                 entry = self._exact.get(_norm_phrase(m.group()))
                 if entry is None or (entry.cap_only and m.group().islower()):
                     continue
-                found.append(Finding("identifier", entry.source, m.group(), m.start(), m.end(), path))
-        for start, end, src in self._spans.find(text):
-            found.append(Finding("verbatim_span", src, text[start:end], start, end, path))
-        ident = [(f.start, f.end) for f in found if f.kind == "identifier"]
-        for f in _pattern_findings(text, path):
-            if not any(s <= f.start and f.end <= e for s, e in ident):
-                found.append(f)
-        return sorted(set(found), key=lambda f: (f.start, f.end, f.kind))
+                out.append(Finding("identifier", entry.source, m.group(), a + m.start(), a + m.end(), path))
+        if words is None or self._spans.may_match(words):
+            for start, end, src in self._spans.find(piece):
+                out.append(Finding("verbatim_span", src, piece[start:end], a + start, a + end, path))
+        return out
 
-    def scan_body(self, body: dict | list | str | bytes) -> list[Finding]:
+    def _term_findings(self, text: str, path: str, found: list[Finding]) -> list[Finding]:
+        """Private terms (see `cogenesis.cloud_bridge.terms`) not already inside another finding. Texts up to
+        `LOCATE_MAX` characters get offsets into the text; longer ones offsets into its normalized form
+        (path suffix ``#normalized``), which keeps the scan linear."""
+        if len(text) > LOCATE_MAX:
+            return [Finding("private_term", h.term.source, h.match, h.start, h.end, f"{path}#normalized")
+                    for h in self.terms.find(text)]
+        spans = sorted((f.start, f.end) for f in found)
+        out = []
+        for h in self.terms.locate(text):
+            i = bisect_right(spans, (h.start, len(text) + 1)) - 1
+            if i >= 0 and spans[i][0] <= h.start and h.end <= spans[i][1]:
+                continue
+            out.append(Finding("private_term", h.term.source, h.match, h.start, h.end, path))
+        return out
+
+    def scan_body(self, body: dict | list | str | bytes, terms: bool = True) -> list[Finding]:
         """Findings in a request body: every string in JSON (keys too), token-id lists via `detokenize`."""
         if isinstance(body, (dict, list)):
-            return self._walk(body, "$")
+            return self._walk(body, "$", terms)
         raw = encode_body(body)
         try:
             text = raw.decode("utf-8")
@@ -405,33 +489,33 @@ class EgressGuard:
         try:
             obj = json.loads(text)
         except json.JSONDecodeError:
-            found = self.scan_text(text, "$")
+            found = self.scan_text(text, "$", terms)
             if ("%" in text or "+" in text) and unquote_plus(text) != text:  # form-encoded bodies
-                found += self.scan_text(unquote_plus(text), "$#urldecoded")
+                found += self.scan_text(unquote_plus(text), "$#urldecoded", terms)
             return found
-        return self._walk(obj, "$")
+        return self._walk(obj, "$", terms)
 
-    def _walk(self, obj: object, path: str) -> list[Finding]:
+    def _walk(self, obj: object, path: str, terms: bool = True) -> list[Finding]:
         if isinstance(obj, str):
-            return self.scan_text(obj, path)
+            return self.scan_text(obj, path, terms)
         if isinstance(obj, dict):
             out: list[Finding] = []
             for k, v in obj.items():
                 sub = f"{path}.{k}"
                 if isinstance(k, str):
-                    out += self.scan_text(k, f"{sub}#key")
-                out += self._walk(v, sub)
+                    out += self.scan_text(k, f"{sub}#key", terms)
+                out += self._walk(v, sub, terms)
             return out
         if isinstance(obj, list):
             if obj and all(isinstance(x, int) and not isinstance(x, bool) for x in obj):
-                return self._scan_token_ids(obj, path)
+                return self._scan_token_ids(obj, path, terms)
             out = []
             for i, v in enumerate(obj):
-                out += self._walk(v, f"{path}[{i}]")
+                out += self._walk(v, f"{path}[{i}]", terms)
             return out
         return []  # numbers, booleans, null carry no text
 
-    def _scan_token_ids(self, ids: list[int], path: str) -> list[Finding]:
+    def _scan_token_ids(self, ids: list[int], path: str, terms: bool = True) -> list[Finding]:
         if self.detokenize is None:
             msg = f"{len(ids)} token ids cannot be inspected without detokenize= (pass one to EgressGuard)"
             return [Finding("uninspectable", "token_ids", msg, 0, len(ids), path)]
@@ -440,7 +524,7 @@ class EgressGuard:
         except Exception as e:  # a failing detokenizer means the tokens cannot be inspected
             msg = f"{len(ids)} token ids: detokenize failed ({type(e).__name__}: {e})"
             return [Finding("uninspectable", "token_ids", msg, 0, len(ids), path)]
-        return self.scan_text(text, f"{path}#tokens")
+        return self.scan_text(text, f"{path}#tokens", terms)
 
     def inspect(self, endpoint: str, body: dict | list | str | bytes) -> list[Finding]:
         """The choke point: scan `body` (unless mode is off), append one audit record, and in strict mode
@@ -467,11 +551,31 @@ class EgressGuard:
             raise PrivacyViolation(endpoint, findings)
         return findings
 
+    def pending(self, text: str) -> bool:
+        """True when ``text`` ends in the first letters of something private that the next tokens may
+        complete: a private term (`PrivateTerms.pending`) or an exact identifier ("Zelph" of "Zelphine",
+        3+ letters; single-word entries the guard only matches capitalized only when not all lower case)."""
+        if self.terms.pending(text):
+            return True
+        m = _TRAILING_WORD.search(text)
+        if m is None or len(m.group(1)) < 3:
+            return False
+        piece = m.group(1)
+        low = piece.casefold()
+        for key, entry in self._exact.items():
+            if entry.cap_only and piece.islower():
+                continue
+            if any(len(word) > len(low) and word.startswith(low) for word in key.split(" ")):
+                return True
+        return False
+
     # ---- sanitizing -----------------------------------------------------------------------------------
 
-    def sanitize(self, instruction: str, rewrite: Callable[[str], str] | None = None) -> SanitizeResult:
-        """Rewrite private facts in an instruction generically (see `sanitize_instruction`)."""
-        found = [f for f in self.scan_text(instruction) if f.kind != "uninspectable"]
+    def sanitize(self, instruction: str, rewrite: Callable[[str], str] | None = None,
+                 terms: bool = True) -> SanitizeResult:
+        """Rewrite private facts in an instruction generically (see `sanitize_instruction`); ``terms=False``:
+        without the private-term model (what the Android demo's JavaScript port does)."""
+        found = [f for f in self.scan_text(instruction, terms=terms) if f.kind != "uninspectable"]
         found += [Finding("verbatim_span", s, instruction[a:b], a, b) for a, b, s in self._facts.find(instruction)]
         edits = []  # (start, end, replacement) with overlaps merged; the widest finding decides the replacement
         for f in sorted(found, key=lambda f: (f.start, -(f.end - f.start))):
@@ -493,7 +597,7 @@ class EgressGuard:
         result = SanitizeResult("".join(out), changes)
         if rewrite is not None:
             candidate = rewrite(result.text)
-            leaked = [*self.scan_text(candidate), *self._facts.find(candidate)]
+            leaked = [*self.scan_text(candidate, terms=terms), *self._facts.find(candidate)]
             if candidate != result.text and not leaked:
                 result = SanitizeResult(candidate, [*changes, (result.text, candidate)])
         return result
@@ -504,6 +608,9 @@ class EgressGuard:
             return entry.replacement if entry else "[private]"
         if f.kind == "verbatim_span":
             return _FACT_REPLACEMENT
+        if f.kind == "private_term":
+            hits = self.terms.locate(f.match)
+            return hits[0].term.placeholder if hits else TERM_PLACEHOLDERS["word"]
         return _PATTERN_REPLACEMENT.get(f.kind, "[private]")
 
 
@@ -554,29 +661,119 @@ def _iban_ok(s: str) -> bool:
     return int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1
 
 
+# ASCII letters lower-cased, digits and "_" kept (what \w+ matches), every other byte a space
+_WORD_BYTES = bytes(c if chr(c).isalnum() or c == 95 else 32 for c in range(128)).lower() + bytes(range(128, 256))
+
+
+_WORD_CHAR = re.compile(r"\w")
+
+
+@lru_cache(maxsize=4096)
+def _word_piece(ch: str) -> str | None:
+    """A non-ASCII character as `content_segments` folds it: NFKC + casefold when a word character, else a
+    space; None when its NFKC form holds a space (an Arabic ligature): then no pre-check is made."""
+    if not _WORD_CHAR.match(ch):
+        return " "
+    folded = unicodedata.normalize("NFKC", ch).casefold()
+    return None if any(c.isspace() for c in folded) else folded
+
+
+def _words(piece: str) -> list[str] | None:
+    """The casefolded ``\\w+`` words of a text, as `content_segments` sees them: each distinct non-ASCII
+    character replaced once (C-level str.replace), then one bytes.translate for ASCII. None: no pre-check."""
+    if not piece.isascii():
+        for ch in set("".join(_NON_ASCII.findall(piece))):
+            rep = _word_piece(ch)
+            if rep is None:
+                return None
+            piece = piece.replace(ch, rep)
+    return piece.encode().translate(_WORD_BYTES).decode().split()
+
+
+def _pieces(text: str) -> list[tuple[int, int]]:
+    """``text`` cut into pieces of about `PIECE_CHARS` at a new line or after a sentence end (a period,
+    ! or ? after a word of 4+ letters, so "Dr. Zelphine" stays whole): n-gram runs break there anyway."""
+    out, a, n = [], 0, len(text)
+    while n - a > PIECE_CHARS:
+        m = _PIECE_CUT.search(text, a + PIECE_CHARS // 2, a + 2 * PIECE_CHARS)
+        if m is None:
+            break
+        out.append((a, m.end()))
+        a = m.end()
+    out.append((a, n))
+    return out
+
+
+_PIECE_CUT = re.compile(r"\n|(?<=[^\W\d_]{4})[.!?](?=\s)")
+
+
+def _outside(cands: list[Finding], cover: list[Finding], found: list[Finding]) -> list[Finding]:
+    """``found`` plus the candidates that no finding of ``cover`` contains (sorted sweep, linear)."""
+    spans = sorted((f.start, f.end) for f in cover)
+    starts = [s for s, _ in spans]
+    ends, best = [], -1
+    for _, e in spans:  # running maximum of the ends: the widest cover starting at or before a position
+        best = max(best, e)
+        ends.append(best)
+    out = list(found)
+    for f in cands:
+        i = bisect_right(starts, f.start) - 1
+        if i < 0 or ends[i] < f.end:
+            out.append(f)
+    return out
+
+
+_PATTERN_TRIGGER = re.compile(r"\d+|@")
+_WINDOW_BEFORE, _WINDOW_AFTER = 80, 280  # longest pattern text before / after its first digit or "@"
+
+
+def _pattern_windows(text: str) -> list[tuple[int, int]]:
+    """Every pattern holds a digit or an "@": regions around them, merged (the whole text when short)."""
+    if len(text) <= PIECE_CHARS:
+        return [(0, len(text))]
+    out: list[list[int]] = []
+    for m in _PATTERN_TRIGGER.finditer(text):
+        a, b = max(m.start() - _WINDOW_BEFORE, 0), min(m.end() + _WINDOW_AFTER, len(text))
+        if out and a <= out[-1][1]:
+            out[-1][1] = b
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
 def _pattern_findings(text: str, path: str) -> list[Finding]:
+    out: list[Finding] = []
+    for a, b in _pattern_windows(text):
+        out += _pattern_findings_in(text, a, b, path)
+    return out
+
+
+def _pattern_findings_in(text: str, a: int, b: int, path: str) -> list[Finding]:
+    """Pattern findings in ``text[a:b]``; lookbehinds still see the text before ``a`` (``pos`` semantics)."""
     out: list[Finding] = []
     taken: list[tuple[int, int]] = []
 
     def add(kind: str, m: re.Match) -> None:
-        if not any(s < m.end() and m.start() < e for s, e in taken):
-            taken.append((m.start(), m.end()))
-            out.append(Finding(kind, f"pattern.{kind}", m.group(), m.start(), m.end(), path))
+        i = bisect_right(taken, (m.start(), len(text) + 1))
+        if (i > 0 and taken[i - 1][1] > m.start()) or (i < len(taken) and taken[i][0] < m.end()):
+            return  # overlaps a finding of an earlier (more specific) pattern
+        insort(taken, (m.start(), m.end()))
+        out.append(Finding(kind, f"pattern.{kind}", m.group(), m.start(), m.end(), path))
 
-    for m in _EMAIL.finditer(text):
+    for m in _EMAIL.finditer(text, a, b):
         add("email", m)
-    for m in _IBAN.finditer(text):
+    for m in _IBAN.finditer(text, a, b):
         if _iban_ok(m.group()):
             add("iban", m)
-    for m in _CARD.finditer(text):
+    for m in _CARD.finditer(text, a, b):
         if _luhn_ok(re.sub(r"\D", "", m.group())):
             add("credit_card", m)
-    for m in _SSN.finditer(text):
+    for m in _SSN.finditer(text, a, b):
         add("national_id", m)
-    for m in _PHONE.finditer(text):
+    for m in _PHONE.finditer(text, a, b):
         if _phone_ok(m.group()):
             add("phone", m)
-    for m in _STREET.finditer(text):
+    for m in _STREET.finditer(text, a, b):
         if not any(w.casefold() in _NON_CONTENT for w in m.group(1).split()):
             add("street_address", m)
     return out

@@ -2,9 +2,11 @@
 fuse their next-token distributions, per step (the paper's method) or per block (speculative, fewer round trips).
 
 Privacy: the cloud gets the context-free prompt ids plus the tokens generated so far, never the local prompt.
-Generated tokens were written by a model that saw the context, so they can carry it; pass ``guard`` to scan
-every outgoing prefix (and draft) first and stop consulting the cloud once it flags (the generation then
-finishes locally), and/or a :class:`Schedule` that only fuses the first P tokens. Block fusion also sends the
+Generated tokens were written by a model that saw the context, so they can carry it; pass ``guard`` and every
+outgoing prefix (and draft) goes through a `cogenesis.cogen.prefix_policy.PrefixPolicy` first: nothing the
+guard finds (its private-term model included) and no term still being spelled out is ever sent; at the first
+private term fusion stops (``prefix_policy="stop"``) or goes on with a redacted prefix (``"redact"``). A
+:class:`Schedule` can also limit fusion to the first P tokens. Block fusion also sends the
 drafts that end up rejected, i.e. up to ``draft_k`` tokens the reply never contains.
 
 Block fusion, greedy: the local model drafts ``k`` tokens; ONE cloud request returns the cloud's top-k at the
@@ -31,7 +33,6 @@ average; the next round uses the k (in [k_min, k_max]) that minimizes time per t
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,6 +41,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from cogenesis.cloud_bridge.guard import PLACEHOLDERS, PrivacyViolation
+from cogenesis.cloud_bridge.terms import PLACEHOLDER as TERM_PLACEHOLDERS
+from cogenesis.cogen.prefix_policy import PrefixPolicy, PrefixView
 from cogenesis.fusion import DEFAULT_K, Fuser, FusionNet, Schedule
 from cogenesis.runtime.sampling import Sampler, SamplingConfig, log_softmax
 
@@ -258,6 +261,7 @@ class CogenResult:
     cloud_s: float = 0.0  # time inside cloud requests (network + cloud compute)
     local_s: float = 0.0  # time in local forward passes
     prefill_s: float = 0.0  # of which the prompt
+    held_steps: int = 0  # steps (block mode: rounds) the prefix policy kept local while a term was spelled out
 
     @property
     def round_trips_per_token(self) -> float:
@@ -335,6 +339,7 @@ def cogenerate(
     draft_k_max: int = 16,
     adapt_k: bool = True,
     guard_scan: Callable[[list[int]], bool] | None = None,
+    cloud_view: Callable[[list[int], list[int]], PrefixView] | None = None,
     detokenize: Callable[[list[int]], str] | None = None,
     on_token: Callable[[int], None] | None = None,
     repetition_penalty: float = 1.0,
@@ -343,7 +348,10 @@ def cogenerate(
     """Generate with fusion on a Decoder-like object (``forward(ids, keep)``, ``truncate(n)``, ``reset()``,
     ``length``). ``guard_scan(ids) -> True`` when the generated ids about to be sent reveal private context:
     the cloud is then no longer consulted. A cloud error also ends fusion; the reply finishes locally.
-    ``on_token`` is called with each token of the reply as it is decided (block mode: in bursts).
+    ``cloud_view(gen, drafts)`` (a `PrefixPolicy`) decides what the cloud may see: ``send`` its prefix (the
+    generated ids, or a redacted re-encoding), ``hold`` (this step or round is decided locally; fusion goes
+    on) or ``stop`` (fusion is over). ``on_token`` is called with each token of the reply as it is decided
+    (block mode: in bursts).
     ``repetition_penalty`` applies to the local logits over the reply (as the runtime's generate does).
     ``cloud_mask``: token ids dropped from every cloud top-k before fusion (the first tokens of the sanitizer's
     placeholders: the cloud saw "[private detail]" where the device knows the fact, so only the device may
@@ -377,9 +385,20 @@ def cogenerate(
             alive = False
             res.fallback = {"step": step, "reason": "guard", "error": "generated text matched the private context"}
             return None
+        prefix = gen
+        if cloud_view is not None:
+            view = cloud_view(list(gen), list(ids_out))
+            if view.action == "hold":
+                res.held_steps += 1
+                return None  # decided locally this time; fusion goes on
+            if view.action == "stop":
+                alive = False
+                res.fallback = {"step": step, "reason": "guard", "error": view.reason}
+                return None
+            prefix = view.prefix
         t0 = time.perf_counter()
         try:
-            out = cloud.next_token_logprobs(cloud_prompt + gen, ids_out, k)
+            out = cloud.next_token_logprobs(cloud_prompt + prefix, ids_out, k)
             if len(out) < len(ids_out) + 1:
                 raise ValueError(f"cloud returned {len(out)} positions, expected {len(ids_out) + 1}")
         except Exception as e:  # any failure (network, server fault, guard refusal): finish locally
@@ -521,29 +540,9 @@ def cogenerate(
     return res
 
 
-_TRAILING_WORD = re.compile(r"(\w+)$")
-
-
-def ends_with_private_prefix(guard, text: str, min_chars: int = 3) -> bool:
-    """True when ``text`` ends in the first letters of a private identifier ("Zelph" of "Zelphine").
-
-    The guard matches whole words, but a multi-token name leaves one token at a time: without this check
-    the requests before the name is complete would carry its first pieces. Reads the guard's exact-identifier
-    table (names, places, contact details, identifier-like tokens); single-word entries that the guard only
-    matches capitalized are only held when the piece is not all lower case.
-    """
-    m = _TRAILING_WORD.search(text)
-    if m is None or len(m.group(1)) < min_chars:
-        return False
-    piece = m.group(1)
-    low = piece.casefold()
-    for key, entry in getattr(guard, "_exact", {}).items():
-        if getattr(entry, "cap_only", False) and piece.islower():
-            continue
-        for word in key.split(" "):
-            if len(word) > len(low) and word.startswith(low):
-                return True
-    return False
+def ends_with_private_prefix(guard, text: str) -> bool:
+    """True when ``text`` ends in the first letters of something private (`EgressGuard.pending`)."""
+    return guard.pending(text)
 
 
 def write_logits(
@@ -572,13 +571,15 @@ def write_logits(
     on_token: Callable[[int], None] | None = None,
     repetition_penalty: float = 1.0,
     placeholders: Sequence[str] = (),
+    prefix_policy: str = "stop",
 ) -> CogenResult:
     """Write a reply to ``instruction`` with logit fusion (``block=True``: block fusion).
 
     The local model (an EdgeModel) gets ``with_context(instruction, context)``; the cloud gets
     ``without_context(instruction)`` as token ids plus the generated tokens. ``guard`` (an EgressGuard with the
-    session's context) scans each outgoing token sequence first when ``stop_on_flag``; on a finding the cloud is
-    not consulted again. ``rule``: learned | mean | max | weight (``weight`` = the local model's share) | local
+    session's context) decides through a `PrefixPolicy` what of the reply the cloud may see when
+    ``stop_on_flag``: ``prefix_policy="stop"`` ends fusion at the first private term, ``"redact"`` sends the
+    reply with its private terms replaced by placeholders; both hold back a term still being spelled out. ``rule``: learned | mean | max | weight (``weight`` = the local model's share) | local
     | cloud. ``schedule``: (P, K, T), see :class:`cogenesis.fusion.Schedule`. ``placeholders``: the texts the
     sanitizer put into the cloud's instruction; the cloud may not propose their first tokens (``cloud_mask``).
     """
@@ -587,19 +588,18 @@ def write_logits(
     local_msgs = local_messages or with_context(instruction, context)
     cloud_msgs = cloud_messages or without_context(instruction)
     fuser = Fuser(rule=rule, weight=weight, net=net, k=k)
-    scan = None
+    view = None
     if guard is not None and stop_on_flag:
-        def scan(ids: list[int]) -> bool:
-            if not ids:
-                return False
-            text = model.decode(ids)
-            return bool(guard.scan_text(text)) or ends_with_private_prefix(guard, text)
+        view = PrefixPolicy(guard, model.decode, lambda s: model.tokenizer.encode(s, add_special_tokens=False).ids,
+                            prefix_policy)
+        if prefix_policy == "redact":
+            placeholders = sorted({*placeholders, *TERM_PLACEHOLDERS.values(), *PLACEHOLDERS})
     return cogenerate(
         model.decoder, model.encode(local_msgs), cloud, model.encode(cloud_msgs), fuser, block=block,
         schedule=schedule, max_new_tokens=max_new_tokens,
         sampling=SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed),
         stop_ids=model.stop_ids, k=k, draft_k=draft_k, draft_k_max=draft_k_max, adapt_k=adapt_k,
-        guard_scan=scan, detokenize=model.decode, on_token=on_token, repetition_penalty=repetition_penalty,
+        cloud_view=view, detokenize=model.decode, on_token=on_token, repetition_penalty=repetition_penalty,
         cloud_mask=placeholder_ids(model.tokenizer, placeholders),
     )
 
@@ -618,7 +618,8 @@ def placeholder_ids(tokenizer, placeholders: Iterable[str]) -> set[int]:
 # ---------------------------------------------------------------- modes of cogenesis.write
 
 
-OPTION_KEYS = ("rule", "schedule", "k", "weight", "stop_on_flag", "draft_k", "draft_k_max", "adapt_k")
+OPTION_KEYS = ("rule", "schedule", "k", "weight", "stop_on_flag", "draft_k", "draft_k_max", "adapt_k",
+               "prefix_policy")
 
 
 def _write_mode(block: bool):
@@ -626,7 +627,8 @@ def _write_mode(block: bool):
 
     The cloud gets the sanitized instruction (``job.cloud_instruction()``) as context-free token ids through
     the session's guarded client; a cloud failure mid-reply finishes it locally (``result.fallback`` says at
-    which token). ``mode_options``: rule, schedule, k, weight, stop_on_flag, draft_k, draft_k_max, adapt_k.
+    which token). ``mode_options``: rule, schedule, k, weight, stop_on_flag, draft_k, draft_k_max, adapt_k,
+    prefix_policy (stop | redact).
     """
 
     def mode(job) -> str:
@@ -644,6 +646,7 @@ def _write_mode(block: bool):
             job.emit(sd.push(t))
 
         before = client.requests_sent
+        client.check_vocab(job.model.tokenizer)  # token ids must mean the same tokens on both sides
         t0 = time.perf_counter()
         cloud_instruction = job.cloud_instruction()
         res = write_logits(
@@ -663,6 +666,7 @@ def _write_mode(block: bool):
             "rule": res.rule, "round_trips": res.round_trips, "tokens": len(res.tokens),
             "round_trips_per_token": res.round_trips_per_token, "fused_steps": res.fused_steps,
             "drafts_proposed": res.drafts_proposed, "drafts_accepted": res.drafts_accepted,
+            "held_steps": res.held_steps,
             "weights": [st.weight for st in res.steps], "fallback": res.fallback, "stop_reason": res.stop_reason,
         }
         if res.fallback is not None:

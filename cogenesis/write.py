@@ -268,6 +268,9 @@ def add_write_arguments(p) -> None:
     p.add_argument("--schedule", default=None, metavar="P,K,T",
                    help="logits modes: fuse the first P steps, then T of every K+T steps (P,0,0 = first P only)")
     p.add_argument("--draft-k", type=int, default=None, help="logits-block: initial number of local drafts per request")
+    p.add_argument("--prefix-policy", default=None, choices=["stop", "redact"],
+                   help="logits modes: at the reply's first private term, stop asking the cloud (default) or go on "
+                        "with the term replaced by a placeholder")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
     p.add_argument("--json", action="store_true", help="print the whole result as JSON instead of streaming text")
 
@@ -292,6 +295,7 @@ def write_from_args(a) -> int:
         from cogenesis.fusion import Schedule
 
         opts = {k: v for k, v in {"rule": a.rule, "draft_k": a.draft_k if a.mode == "logits-block" else None,
+                                  "prefix_policy": a.prefix_policy,
                                   "schedule": Schedule.parse(a.schedule) if a.schedule else None}.items()
                 if v is not None}
     cb = None if a.json else (lambda s: print(s, end="", flush=True))

@@ -210,10 +210,17 @@ def test_offsets_point_at_the_match(ctx):
 
 def test_generic_profile_values_do_not_flag_common_words(ctx):
     guard = EgressGuard(ctx)
-    # Age 34, a "Friendly" trait, an occupation, lower-case name parts and state names are not private alone
-    text = ("I am 34, friendly and curious; a real estate agent told me the zelphine flower grows "
+    # Age 34, a "Friendly" trait, an occupation and state names are not private alone
+    text = ("I am 34, friendly and curious; a real estate agent told me the lily flower grows "
             "in 10-year cycles since the 21st century (2019-2020 data), see 5 Tips For The Open Road.")
     assert guard.scan_text(text) == []
+
+
+def test_lower_case_name_part_that_is_no_common_word_is_private(ctx):
+    # "zelphine" is no English word (Zipf 0): written in lower case it still names the user (issue 14);
+    # before the private-term model, lower-case name parts passed
+    found = EgressGuard(ctx).scan_text("the zelphine flower grows")
+    assert [(f.kind, f.source, f.match) for f in found] == [("private_term", "profile.Name", "zelphine")]
 
 
 def test_name_part_matches_only_when_capitalised():
@@ -329,10 +336,12 @@ def test_real_generic_prompt_text_never_flags(real):
 
 def test_real_false_positive_rate_on_unrelated_instructions(real):
     """Every instruction against the 149 *other* users' contexts (22,350 pairs): any finding there is a false
-    positive for that user. Measured: 119 pairs (0.53 %); 114 of them only exact hits of a first name or city the
-    other user really shares ("Austin": 49, "Elena": 26), 5 (0.022 %) with an n-gram span. Bounds are ~3-4x."""
+    positive for that user. Measured without the private-term model: 119 pairs (0.53 %); 114 of them only exact
+    hits of a first name or city the other user really shares ("Austin": 49, "Elena": 26), 5 (0.022 %) with an
+    n-gram span. With it: 611 (2.7 %), mostly rare topic words of the other user's history ("mentorship": 101,
+    "narrate": 30; see the table in cloud_bridge/terms.py). Bounds are ~1.5-3x."""
     instrs, guards, _ = real
-    pairs = flagged = spans = 0
+    pairs = flagged = classic = spans = 0
     for j, g in enumerate(guards):
         for i, text in enumerate(instrs):
             if i == j:
@@ -340,9 +349,11 @@ def test_real_false_positive_rate_on_unrelated_instructions(real):
             pairs += 1
             found = g.scan_text(text)
             flagged += bool(found)
+            classic += any(f.kind != "private_term" for f in found)
             spans += any(f.kind == "verbatim_span" for f in found)
     assert pairs > 1000
-    assert flagged / pairs < 0.015, f"{flagged}/{pairs} unrelated pairs flagged"
+    assert classic / pairs < 0.015, f"{classic}/{pairs} unrelated pairs flagged by the classic rules"
+    assert flagged / pairs < 0.04, f"{flagged}/{pairs} unrelated pairs flagged"
     assert spans / pairs < 0.001, f"{spans}/{pairs} unrelated pairs with an n-gram span"
 
 
