@@ -11,6 +11,7 @@ Errors are `CloudError` subclasses that name the URL and the fix; 429, 5xx and t
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import uuid
@@ -89,6 +90,11 @@ class Completion:
     raw: dict = field(default_factory=dict)
 
 
+class VocabularyMismatch(ValueError):
+    """The cloud numbers tokens differently from the device: token-id fusion would be garbage. Not a
+    `CloudError` on purpose: a session does not quietly fall back, it stops with this message."""
+
+
 class CloudClient:
     """HTTP client for an OpenAI-compatible cloud (vLLM extensions used: prompt_logprobs, return_tokens_as_token_ids).
 
@@ -121,6 +127,8 @@ class CloudClient:
         self.requests_sent = 0  # HTTP attempts that left (retries included)
         self.bytes_sent = 0
         self._caps: dict | None = None
+        self._vocab_checked: str | None = None  # the device fingerprint the cloud was verified against
+        self._vocab_how = ""
 
     # -- plumbing ------------------------------------------------------------------------------------------
     def with_guard(self, guard: EgressGuard) -> CloudClient:
@@ -237,6 +245,38 @@ class CloudClient:
         ext = (self.capabilities().get("cogenesis") or {}).get("extensions") or []
         return extension in ext
 
+    def check_vocab(self, tokenizer) -> str:
+        """Raise `VocabularyMismatch` unless the served model uses ``tokenizer``'s vocabulary; returns how it
+        was checked: ``"fingerprint"`` (``cogenesis.vocab_fingerprint`` in GET /v1/models, our server) or
+        ``"probe"`` (a fixed public text through POST /tokenize, vLLM). Cached per client."""
+        from cogenesis.runtime.vocab import PROBE, probe_ids, vocab_fingerprint
+
+        local = vocab_fingerprint(tokenizer)
+        if self._vocab_checked == local:
+            return self._vocab_how
+        card = self.capabilities()
+        remote = (card.get("cogenesis") or {}).get("vocab_fingerprint")
+        fix = ("serve a model with the device's tokenizer (the same family, e.g. a larger Qwen2.5 for a Qwen2.5 "
+               "device), or use --mode sketch, which sends text only")
+        if remote is not None:
+            how = "fingerprint"
+            if remote != local:
+                raise VocabularyMismatch(f"the cloud model {card.get('id')!r} has vocabulary {remote}, the device "
+                                         f"{local}: token-id fusion would fuse unrelated tokens; {fix}")
+        else:
+            how = "probe"
+            try:
+                theirs = self.tokenize(PROBE)
+            except CloudError as e:
+                raise VocabularyMismatch(f"cannot verify the cloud's vocabulary: {card.get('id')!r} publishes no "
+                                         f"vocab_fingerprint and POST /tokenize failed ({e}); {fix}") from e
+            if theirs != probe_ids(tokenizer):
+                raise VocabularyMismatch(f"the cloud model {card.get('id')!r} tokenizes a probe text differently "
+                                         f"from the device ({len(theirs)} vs {len(probe_ids(tokenizer))} tokens): "
+                                         f"token-id fusion would fuse unrelated tokens; {fix}")
+        self._vocab_checked, self._vocab_how = local, how
+        return how
+
     def _model(self) -> str:
         if self.model is None:
             self.capabilities()
@@ -309,8 +349,10 @@ class CloudClient:
         if not prefix:
             raise ValueError("prefix_ids is empty")
         ids, start = prefix + draft, len(prefix)
+        # ignore_eos: a cloud whose next token is EOS still "generates" it, so its top_logprobs arrive (EOS
+        # included) instead of an empty list: the end of a reply is data, not a protocol error
         body: dict = {"prompt": ids, "max_tokens": 1, "temperature": 0, "logprobs": k,
-                      "return_tokens_as_token_ids": True}
+                      "return_tokens_as_token_ids": True, "ignore_eos": True}
         if draft:
             body["prompt_logprobs"] = k
             if self._caps is None and self.guard.mode == "strict" and self.guard.scan_body(body):
@@ -334,10 +376,13 @@ class CloudClient:
                 for tid, v in entry.items():
                     lp, rank = (v.get("logprob"), v.get("rank")) if isinstance(v, dict) else (v, None)
                     if rank is None or rank <= k or (include_tokens and int(tid) == ids[j]):
-                        d[int(tid)] = float(lp)
+                        d[int(tid)] = _finite(lp, url)
                 out.append(dict(sorted(d.items(), key=lambda kv: -kv[1])))
         lps = ch.get("logprobs") or {}
         tops = lps.get("top_logprobs") if isinstance(lps, dict) else None
+        if isinstance(tops, list) and not tops and ch.get("finish_reason") == "stop":
+            out.append({})  # a server that ignores ignore_eos stopped at EOS: no cloud view of this step
+            return out
         if not isinstance(tops, list) or not tops or not isinstance(tops[0], dict):
             raise CloudProtocolError("the answer has no top_logprobs for the next token", url, 200,
                                      "the server must support 'logprobs' on /v1/completions")
@@ -363,8 +408,20 @@ def _token_id_keys(top: dict, k: int, url: str) -> dict[int, float]:
         if not isinstance(key, str) or not key.startswith("token_id:"):
             raise CloudProtocolError(f"top_logprobs key {key!r} is not 'token_id:N'", url, 200,
                                      "the server must support return_tokens_as_token_ids (vLLM >= 0.5.1)")
-        out[int(key[9:])] = float(lp)
+        out[int(key[9:])] = _finite(lp, url)
     return dict(sorted(out.items(), key=lambda kv: -kv[1])[:k])
+
+
+def _finite(lp: object, url: str) -> float:
+    """A log-probability as float; NaN, infinities, positive values and non-numbers are a protocol error (they
+    would poison the fused distribution)."""
+    try:
+        v = float(lp)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        v = math.nan
+    if not math.isfinite(v) or v > 1e-6:
+        raise CloudProtocolError(f"logprob {lp!r} is not a finite log-probability", url, 200, "check the server")
+    return v
 
 
 def _choice(data: dict | None, url: str) -> dict:

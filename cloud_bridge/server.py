@@ -24,7 +24,8 @@ common token prefix of the previous request; ``usage.prompt_tokens_details.cache
 
 Operations: Bearer-token auth (``--allow-unauthenticated`` only on loopback), request bodies over
 ``max_body_bytes`` -> 413, limits on ``max_tokens``/k/positions -> 400 naming the limit, per-session locks,
-``simulate_rtt_ms`` latency, fault injection (``500``, ``429``, ``garbage`` = 200 with invalid JSON, ``stall`` =
+``simulate_rtt_ms`` latency, fault injection (``500``, ``429``, ``garbage`` = 200 with invalid JSON, ``nan`` = 200
+with NaN/Infinity log-probabilities on /v1/completions, ``stall`` =
 no answer for ``stall_s``), one JSON log line per request (logger ``cogenesis.cloud.server``) and
 ``capture``: every request's exact body bytes (base64, with method, path and headers; the Authorization header
 redacted) appended to a JSONL file, read back with `read_capture`.
@@ -262,7 +263,7 @@ def _routes(app: FastAPI, st: _State) -> None:
 
 def _caps(st: _State) -> dict:
     c = st.settings
-    return {"extensions": list(EXTENSIONS), "max_logprobs": c.max_logprobs, "max_tokens": c.max_tokens,
+    return {"extensions": list(EXTENSIONS), "vocab_fingerprint": st.engine.model.vocab_fingerprint, "max_logprobs": c.max_logprobs, "max_tokens": c.max_tokens,
             "max_prompt_tokens": c.max_prompt_tokens, "max_logprob_positions": c.max_logprob_positions,
             "max_body_bytes": c.max_body_bytes, "session_header": "X-Session-Id",
             "response_format": list(RESPONSE_FORMATS) if _has_llguidance() else ["text"]}
@@ -627,7 +628,8 @@ class _Gate:
                 return
             if cfg.simulate_rtt_ms > 0:
                 await asyncio.sleep(cfg.simulate_rtt_ms / 1000)
-            if path not in _OPEN_PATHS and cfg.fault and (st.faults_left is None or st.faults_left > 0):
+            faulty = path not in _OPEN_PATHS and (cfg.fault != "nan" or path == "/v1/completions")
+            if faulty and cfg.fault and (st.faults_left is None or st.faults_left > 0):
                 if st.faults_left is not None:
                     st.faults_left -= 1
                 note["fault"] = cfg.fault
@@ -673,6 +675,14 @@ class _Gate:
                 {"Retry-After": "1"})
         elif f == "garbage":
             resp = Response(b'{"id": "cmpl-garbage", "choices": [ <html>oops', media_type="application/json")
+        elif f == "nan":  # well-formed JSON whose log-probabilities are NaN / Infinity (Python's json writes them)
+            lp = {"token_id:1": float("nan"), "token_id:2": float("inf"), "token_id:3": -1.0}
+            body = {"id": "cmpl-nan", "object": "text_completion", "model": self.st.model_name,
+                    "choices": [{"index": 0, "text": "", "finish_reason": "length",
+                                 "logprobs": {"tokens": ["token_id:1"], "token_logprobs": [float("nan")],
+                                              "top_logprobs": [lp]},
+                                 "prompt_logprobs": None}]}
+            resp = Response(json.dumps(body).encode(), media_type="application/json")
         else:  # stall: answer only after the client has given up
             await asyncio.sleep(self.st.settings.stall_s)
             resp = ApiError(503, "simulated stall (--fault stall)", kind="server_error").response()

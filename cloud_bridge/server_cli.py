@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-FAULTS = ("500", "429", "garbage", "stall")
+FAULTS = ("500", "429", "garbage", "stall", "nan")
 API_KEY_ENV = "COGENESIS_CLOUD_API_KEY"
 
 
@@ -21,6 +21,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--simulate-rtt-ms", type=float, default=0.0, help="add this much latency to every request")
     p.add_argument("--fault", choices=FAULTS, default=None,
                    help="inject a fault into every request but /health: 500, 429, garbage (200 + invalid JSON), "
+                        "nan (200 + NaN/Infinity log-probabilities), "
                         "stall (no answer for --stall-s)")
     p.add_argument("--fault-count", type=int, default=None, help="inject the fault only into the first N requests")
     p.add_argument("--stall-s", type=float, default=30.0, help="how long --fault stall holds a request")

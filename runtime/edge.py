@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from .vocab import vocab_fingerprint
+
 from cogenesis.bundle import BundleError, read_manifest, verify_bundle
 
 from . import chat, kernels
@@ -82,6 +84,11 @@ class EdgeModel:
             )
 
     # -- text <-> ids ------------------------------------------------------------------------------------
+    @property
+    def vocab_fingerprint(self) -> str:
+        """The manifest's ``model.vocab_fingerprint``, or computed from tokenizer.json (older bundles)."""
+        return self.manifest["model"].get("vocab_fingerprint") or vocab_fingerprint(self.tokenizer)
+
     def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         return chat.render(self.template, messages, add_generation_prompt, **self.special_tokens.get("strings", {}))
 
