@@ -10,14 +10,13 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from .vocab import vocab_fingerprint
-
 from cogenesis.bundle import BundleError, read_manifest, verify_bundle
 
 from . import chat, kernels
 from .generate import GenerationResult, GenerationStats, StreamDecoder, generate_tokens
 from .model import Decoder, KVSpec, make_session, uses_gqa
 from .sampling import Sampler, SamplingConfig
+from .vocab import vocab_fingerprint
 
 Prompt = str | list[dict]
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from cogenesis.cloud_bridge.client import CloudClient, CloudProtocolError
 from cogenesis.cloud_bridge.server import create_app, serve_in_thread
+
 from cogenesis.cogen_logits import write_logits
 
 pytestmark = pytest.mark.slow
