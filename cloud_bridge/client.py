@@ -101,14 +101,16 @@ class CloudClient:
     `guard`: the EgressGuard every body passes (default: a strict guard with no private context, which still
     blocks e-mails, phone and card numbers...; `cogenesis.write` swaps in one that knows the context).
     `detokenize`: ids -> text, for scanning token-id prompts (set on the guard when it has none).
-    `timeout`: (connect, read) seconds. `session_id`: sent as X-Session-Id so the server can reuse its KV
+    `timeout`: (connect, read) seconds, per read; `deadline_s`: the whole request, retries and the slow arrival
+    of an answer included (None: no deadline). `session_id`: sent as X-Session-Id so the server can reuse its KV
     cache for this client's growing prefix (default: a random id per client; "" sends none).
     """
 
     def __init__(self, base_url: str, api_key: str | None = None, model: str | None = None,
                  guard: EgressGuard | None = None, timeout: tuple[float, float] | float = (3.05, 60.0),
                  retries: int = 2, backoff: float = 0.5, session_id: str | None = None,
-                 detokenize: Callable[[list[int]], str] | None = None, http: requests.Session | None = None):
+                 detokenize: Callable[[list[int]], str] | None = None, http: requests.Session | None = None,
+                 deadline_s: float | None = 120.0):
         if not base_url or "://" not in base_url:
             raise ValueError(f"base_url must be like http://127.0.0.1:8000 (got {base_url!r})")
         url = base_url.rstrip("/")
@@ -120,6 +122,7 @@ class CloudClient:
         if detokenize is not None and self.guard.detokenize is None:
             self.guard.detokenize = detokenize
         self.timeout = timeout
+        self.deadline_s = deadline_s
         self.retries = max(0, int(retries))
         self.backoff = backoff
         self.session_id = uuid.uuid4().hex if session_id is None else session_id
@@ -159,17 +162,19 @@ class CloudClient:
         return h
 
     def request(self, method: str, path: str, body: dict | None = None, parse: bool = True) -> dict | None:
-        """Inspect `body` with the guard, send exactly its bytes, retry 429/5xx/timeouts, return the JSON."""
+        """Inspect `body` with the guard, send exactly its bytes, retry 429/5xx/timeouts, return the JSON.
+        The whole call (retries and the reading of every answer) ends by ``deadline_s``."""
         self.guard.inspect(path, body if body is not None else b"")  # raises PrivacyViolation: nothing is sent
         raw = encode_body(body) if body is not None else None
         url = self.base_url + path
+        until = time.monotonic() + self.deadline_s if self.deadline_s else math.inf
         for attempt in range(self.retries + 1):
             try:
-                return self._once(method, url, raw, parse)
+                return self._once(method, url, raw, parse, until)
             except CloudError as e:
-                if not e.retryable or attempt == self.retries:
+                if not e.retryable or attempt == self.retries or time.monotonic() >= until:
                     raise
-                time.sleep(self._delay(e, attempt))
+                time.sleep(min(self._delay(e, attempt), max(until - time.monotonic(), 0.0)))
         raise AssertionError("unreachable")
 
     def _delay(self, e: CloudError, attempt: int) -> float:
@@ -178,10 +183,12 @@ class CloudClient:
             return min(after, MAX_RETRY_AFTER_S)
         return self.backoff * (2**attempt)
 
-    def _once(self, method: str, url: str, raw: bytes | None, parse: bool) -> dict | None:
+    def _once(self, method: str, url: str, raw: bytes | None, parse: bool, until: float = math.inf) -> dict | None:
         self._bump(len(raw or b""))
         try:
-            r = self.http.request(method, url, data=raw, headers=self._headers(raw is not None), timeout=self.timeout)
+            r = self.http.request(method, url, data=raw, headers=self._headers(raw is not None), timeout=self.timeout,
+                                  stream=True)
+            content = _read_until(r, until, url)
         except requests.Timeout as e:
             raise CloudTimeoutError(f"no answer within {self.timeout} s (connect, read)", url, None,
                                     "check that the server is up and not overloaded, or raise timeout=") from e
@@ -196,10 +203,10 @@ class CloudClient:
         if not parse:
             return None
         try:
-            data = r.json()
+            data = json.loads(content)
         except (json.JSONDecodeError, ValueError) as e:
-            raise CloudProtocolError(f"the answer is not JSON (HTTP {r.status_code}, {len(r.content)} bytes: "
-                                     f"{r.content[:60]!r})", url, r.status_code,
+            raise CloudProtocolError(f"the answer is not JSON (HTTP {r.status_code}, {len(content)} bytes: "
+                                     f"{content[:60]!r})", url, r.status_code,
                                      "point base_url at an OpenAI-compatible server (vLLM or cogenesis cloud serve)") from e
         if not isinstance(data, dict):
             raise CloudProtocolError(f"expected a JSON object, got {type(data).__name__}", url, r.status_code,
@@ -410,6 +417,29 @@ def _token_id_keys(top: dict, k: int, url: str) -> dict[int, float]:
                                      "the server must support return_tokens_as_token_ids (vLLM >= 0.5.1)")
         out[int(key[9:])] = _finite(lp, url)
     return dict(sorted(out.items(), key=lambda kv: -kv[1])[:k])
+
+
+MAX_ANSWER_BYTES = 64 << 20  # a larger answer is not a completion: refuse it instead of filling memory
+
+
+def _read_until(r: requests.Response, until: float, url: str) -> bytes:
+    """The answer's body, read in chunks: a server that drips bytes just under the read timeout is cut off at
+    the request's deadline (requests has per-read timeouts only); the body then also serves ``r.content``."""
+    parts, size = [], 0
+    try:
+        while chunk := r.raw.read1(1 << 16):  # what arrived, at most one socket read: the deadline is checked
+            parts.append(chunk)
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                raise CloudProtocolError(f"the answer exceeds {MAX_ANSWER_BYTES >> 20} MiB", url, r.status_code,
+                                         "check the server")
+            if time.monotonic() > until:
+                raise CloudTimeoutError("the answer was still arriving at the request deadline", url, r.status_code,
+                                        "the server is too slow or stalling; raise deadline_s= or check it")
+    finally:
+        r.close()
+    r._content = b"".join(parts)  # requests' own cache of the body (r.json(), r.text and _http_error read it)
+    return r._content
 
 
 def _finite(lp: object, url: str) -> float:

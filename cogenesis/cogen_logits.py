@@ -344,6 +344,7 @@ def cogenerate(
     on_token: Callable[[int], None] | None = None,
     repetition_penalty: float = 1.0,
     cloud_mask: Iterable[int] = (),
+    cloud_deadline_s: float | None = None,
 ) -> CogenResult:
     """Generate with fusion on a Decoder-like object (``forward(ids, keep)``, ``truncate(n)``, ``reset()``,
     ``length``). ``guard_scan(ids) -> True`` when the generated ids about to be sent reveal private context:
@@ -355,7 +356,8 @@ def cogenerate(
     ``repetition_penalty`` applies to the local logits over the reply (as the runtime's generate does).
     ``cloud_mask``: token ids dropped from every cloud top-k before fusion (the first tokens of the sanitizer's
     placeholders: the cloud saw "[private detail]" where the device knows the fact, so only the device may
-    propose those tokens)."""
+    propose those tokens). ``cloud_deadline_s``: this long after the prompt is read the cloud is not asked again and the
+    reply is finished locally (``fallback["reason"] == "deadline"``)."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if repetition_penalty <= 0:
@@ -370,6 +372,7 @@ def cogenerate(
     t_start = time.perf_counter()
     loc = _Local(decoder)
     logits = _prefill(decoder, loc, [int(t) for t in local_prompt_ids])
+    t_decode = time.perf_counter()  # the cloud deadline counts from here (the prefill is the device's own)
     res = CogenResult("", [], [], 0, "logits-block" if block else "logits", fuser.rule, prefill_s=loc.s)
     gen = res.tokens
     alive = cloud is not None
@@ -381,6 +384,11 @@ def cogenerate(
         """One cloud request for positions after gen (+ drafts ids_out); None = fusion is over."""
         nonlocal alive, cloud_ema
         step = len(gen)
+        if cloud_deadline_s is not None and time.perf_counter() - t_decode > cloud_deadline_s:
+            alive = False
+            res.fallback = {"step": step, "reason": "deadline",
+                            "error": f"the reply's cloud deadline ({cloud_deadline_s} s) passed"}
+            return None
         if guard_scan is not None and guard_scan(gen + ids_out):
             alive = False
             res.fallback = {"step": step, "reason": "guard", "error": "generated text matched the private context"}
@@ -572,6 +580,7 @@ def write_logits(
     repetition_penalty: float = 1.0,
     placeholders: Sequence[str] = (),
     prefix_policy: str = "stop",
+    cloud_deadline_s: float | None = None,
 ) -> CogenResult:
     """Write a reply to ``instruction`` with logit fusion (``block=True``: block fusion).
 
@@ -599,7 +608,8 @@ def write_logits(
         schedule=schedule, max_new_tokens=max_new_tokens,
         sampling=SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed),
         stop_ids=model.stop_ids, k=k, draft_k=draft_k, draft_k_max=draft_k_max, adapt_k=adapt_k,
-        cloud_view=view, detokenize=model.decode, on_token=on_token, repetition_penalty=repetition_penalty,
+        cloud_view=view, cloud_deadline_s=cloud_deadline_s, detokenize=model.decode, on_token=on_token,
+        repetition_penalty=repetition_penalty,
         cloud_mask=placeholder_ids(model.tokenizer, placeholders),
     )
 
@@ -619,7 +629,7 @@ def placeholder_ids(tokenizer, placeholders: Iterable[str]) -> set[int]:
 
 
 OPTION_KEYS = ("rule", "schedule", "k", "weight", "stop_on_flag", "draft_k", "draft_k_max", "adapt_k",
-               "prefix_policy")
+               "prefix_policy", "cloud_deadline_s")
 
 
 def _write_mode(block: bool):
@@ -628,7 +638,7 @@ def _write_mode(block: bool):
     The cloud gets the sanitized instruction (``job.cloud_instruction()``) as context-free token ids through
     the session's guarded client; a cloud failure mid-reply finishes it locally (``result.fallback`` says at
     which token). ``mode_options``: rule, schedule, k, weight, stop_on_flag, draft_k, draft_k_max, adapt_k,
-    prefix_policy (stop | redact).
+    prefix_policy (stop | redact), cloud_deadline_s (then the reply is finished locally).
     """
 
     def mode(job) -> str:
