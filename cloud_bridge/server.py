@@ -65,7 +65,6 @@ EXTENSIONS = ("prompt_logprobs_start", "session_prefix_cache")
 RESPONSE_FORMATS = ("text", "json_object", "json_schema")
 SESSION_HEADER = "x-session-id"
 _OPEN_PATHS = {"/health"}
-_DRAIN_LIMIT = 64 << 20  # read (and discard) up to this much of an oversize body so the 413 reaches the client
 
 
 @dataclass
@@ -78,6 +77,7 @@ class ServerSettings:
     stall_s: float = 30.0
     capture: str | None = None  # JSONL file of every received request
     max_body_bytes: int = 1 << 20
+    body_timeout_s: float = 30.0  # the whole body must arrive within this (a slow-drip upload gets 408)
     max_tokens: int = 1024
     max_logprobs: int = 20  # vLLM's default --max-logprobs
     max_prompt_tokens: int = 4096
@@ -614,18 +614,31 @@ class _Gate:
 
         path = scope.get("path", "")
         try:
-            body, size, complete = await _read_body(scope, receive, cfg.max_body_bytes)
+            # everything that can be decided from the headers is decided before one byte of the body is read
+            if not cfg.api_key and not is_loopback(str((scope.get("server") or ("",))[0])):
+                raise ApiError(403, "this server runs without an API key and answers only on a loopback address; "
+                                    "restart it with --api-key to serve other hosts", kind="permission_error")
+            if path not in _OPEN_PATHS and not self._authorized(scope):
+                await ApiError(401, "missing or invalid API key: send the header 'Authorization: Bearer <key>'",
+                               kind="authentication_error").response({"WWW-Authenticate": "Bearer"})(
+                    scope, receive, send_wrapped)
+                return
+            declared = _content_length(scope)
+            if declared is not None and declared > cfg.max_body_bytes:
+                raise ApiError(413, f"request body of {declared} bytes (Content-Length) exceeds this server's limit "
+                                    f"of {cfg.max_body_bytes} bytes", kind="request_too_large")
+            try:
+                body, size, complete = await asyncio.wait_for(_read_body(receive, cfg.max_body_bytes),
+                                                              cfg.body_timeout_s)
+            except TimeoutError:
+                raise ApiError(408, f"the request body did not arrive within {cfg.body_timeout_s} s",
+                               kind="request_timeout") from None
             note["bytes_in"] = size
             if cfg.capture:
                 self._capture(scope, body)
             if not complete:
                 raise ApiError(413, f"request body of {size}+ bytes exceeds this server's limit of "
                                     f"{cfg.max_body_bytes} bytes", kind="request_too_large")
-            if path not in _OPEN_PATHS and not self._authorized(scope):
-                await ApiError(401, "missing or invalid API key: send the header 'Authorization: Bearer <key>'",
-                               kind="authentication_error").response({"WWW-Authenticate": "Bearer"})(
-                    scope, receive, send_wrapped)
-                return
             if cfg.simulate_rtt_ms > 0:
                 await asyncio.sleep(cfg.simulate_rtt_ms / 1000)
             faulty = path not in _OPEN_PATHS and (cfg.fault != "nan" or path == "/v1/completions")
@@ -700,24 +713,26 @@ class _Gate:
             f.write(json.dumps(rec) + "\n")
 
 
-async def _read_body(scope, receive, limit: int) -> tuple[bytes, int, bool]:
-    """The request body (up to `limit` + what was drained); `complete` is False when it was over the limit."""
-    declared = dict(scope.get("headers") or []).get(b"content-length")
+def _content_length(scope) -> int | None:
+    v = dict(scope.get("headers") or []).get(b"content-length")
+    return int(v) if v is not None and v.isdigit() else None
+
+
+async def _read_body(receive, limit: int) -> tuple[bytes, int, bool]:
+    """The request body, read until it ends or passes `limit` (then `complete` is False and reading stops)."""
     parts, size = [], 0
-    over = declared is not None and declared.isdigit() and int(declared) > limit
     while True:
         msg = await receive()
         if msg["type"] == "http.disconnect":
             break
         chunk = msg.get("body", b"")
         size += len(chunk)
-        if size <= _DRAIN_LIMIT:
-            parts.append(chunk)
+        parts.append(chunk)
         if size > limit:
-            over = True
-        if not msg.get("more_body", False) or size > _DRAIN_LIMIT:
+            return b"".join(parts)[: limit + 1], size, False
+        if not msg.get("more_body", False):
             break
-    return b"".join(parts), size, not over
+    return b"".join(parts), size, True
 
 
 def read_capture(path: str | Path) -> list[dict]:
