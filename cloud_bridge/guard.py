@@ -18,7 +18,7 @@ The guard knows the session's private context and looks for it in outbound text:
   **4**                 **5 (0.022 %)**                 **34/150**
   5 content words         2 (0.009 %)                   12/150
   6 content words         1 (0.004 %)                    1/150
-  private-term model    575 (2.58 %)                    49/150 (see `cogenesis.cloud_bridge.terms`)
+  private-term model    577 (2.59 %)                    49/150 (see `cogenesis.cloud_bridge.terms`)
   ===================  ==============================  ===================================
 
   (The last row is the private-term model alone, per user rather than per record: 22,272 pairs of different
@@ -671,11 +671,12 @@ _WORD_CHAR = re.compile(r"\w")
 @lru_cache(maxsize=4096)
 def _word_piece(ch: str) -> str | None:
     """A non-ASCII character as `content_segments` folds it: NFKC + casefold when a word character, else a
-    space; None when its NFKC form holds a space (an Arabic ligature): then no pre-check is made."""
+    space; None when its NFKC form holds a non-word character ("⑴" -> "(1)", Arabic ligatures with a space):
+    then no pre-check is made."""
     if not _WORD_CHAR.match(ch):
         return " "
     folded = unicodedata.normalize("NFKC", ch).casefold()
-    return None if any(c.isspace() for c in folded) else folded
+    return folded if all(_WORD_CHAR.match(c) for c in folded) else None
 
 
 def _words(piece: str) -> list[str] | None:

@@ -10,8 +10,11 @@ used by the egress guard, the instruction sanitizer and the logits modes' prefix
 * **proper nouns**: a capitalized word that does not start a sentence, list item or title-case line, with a
   Zipf frequency below ``ZIPF_PROPER`` ("Clara", "Hollis"), and runs of two or more capitalized words
   ("Rowan Close", "Azure Retreat") when at least one of them is a proper-noun term.
-* **named things**: the 1-3 words after "named", "called", "code name", "project"... that are not stop words,
-  whatever their frequency ("code name marigold ferry" -> "marigold ferry").
+* **named things**: the 1-3 words after "named", "nicknamed", "code name", "alias"... whatever their frequency
+  ("code name marigold ferry" -> "marigold ferry"); after "project" / "called" when they are two or hold a rare
+  word ("project ferry citrus", not "project proposal"); after a relation ("my neighbour bartholomew",
+  "my dog Max") the name and its parts, when they are no common words (a capitalized one only matches
+  capitalized when it is fairly common: "Max", "Grace").
 * **profile identities**: the Name field and each name part, each Location component, contact fields. Parts
   that are common words ("Grace", "Rose") only match capitalized (``cased``), so "grace" the word does not.
 * **numbers**: every digit run of >= 7 digits (phones, accounts, IDs) keyed by its last 7 digits, so
@@ -37,7 +40,7 @@ instruction; and against the record's reference reply, where the median word of 
   rare words < 3.0 only                           418/22272 (1.88 %)  34/150          74/150 (34)
   rare < 2.5, names < 4.0                         270 (1.21 %)        37/150          66/150 (26)
   rare < 3.0, names < 4.0                         483 (2.17 %)        44/150          83/150 (31)
-  **rare < 3.0, names < 4.5 (runs < 4.0)**        **575 (2.58 %)**    **49/150**      **87/150 (28)**
+  **rare < 3.0, names < 4.5 (runs < 4.0)**        **577 (2.59 %)**    **49/150**      **87/150 (28)**
   rare < 3.0, names < 4.5 (runs < 4.5)            626 (2.81 %)        51/150          89/150 (27)
   rare < 3.5, names < 4.5                         3746 (16.8 %)       77/150          120/150 (26)
   ==============================================  ==================  ==============  =====================
@@ -64,7 +67,8 @@ ZIPF_PROPER_RUN = 4.0  # the same inside a run of capitalized words ("Volunteer 
 SUBSTRING_MIN = 5  # invented words this long also match inside longer words ("#TeamPemberlot")
 ZIPF_SUBSTRING = 1.5  # ... when rarer than this: "profess" (2.9) must not match inside "professional"
 NUMBER_KEY_DIGITS = 7  # digit runs this long are identifiers; matched on their last 7 digits
-WEAK_CUE_ZIPF = 3.5  # "called X" / "project X": X must hold a word rarer than this ("project proposal" is no name)
+WEAK_CUE_ZIPF = 4.5  # "called X" / "project X" / "my neighbour x": the words of X are rarer than this
+ZIPF_WEAK_SINGLE = 3.5  # ... and a one-word X after "called" / "project" rarer than this
 MIN_WORD = 3  # shorter words are never terms on their own (except name parts of >= 2 letters)
 
 KINDS = ("name", "word", "phrase", "number", "date", "email")
@@ -76,8 +80,18 @@ _STOP = frozenset(
 )
 # "named X": X is a name whatever its frequency; "called X" / "project X" only when X has a rarer word
 _HONORIFICS = frozenset("dr mr mrs ms mx prof jr sr ii iii iv phd md esq sir dame rev".split())
-_CUES = re.compile(r"\b(?:(named|nicknamed|code[\s-]?named?|codename|alias|aka|handle|username)|called|project)"
-                   r"(?:\s+(?:is|was|will\s+be)|\s*:)?\s+(?=[\"'\u201c\u2018]?([^\W_][\w'\u2019-]*(?:[ \t]+[^\W_][\w'\u2019-]*){0,2}))",
+_RELATIONS = ("neighbou?r|sister|brother|friend|aunt|uncle|cousin|son|daughter|wife|husband|partner|fianc[eé]e?|boss"
+              "|colleague|co-?worker|grand(?:mother|father|ma|pa|son|daughter)|mom|mum|dad|mother|father|niece"
+              "|nephew|god(?:mother|father|son|daughter)|room-?mate|flatmate|landlord|landlady|doctor|dentist"
+              "|therapist|teacher|coach|mentor|manager|assistant|baby|kid|child|pet|dog|cat|puppy|kitten")
+# "named X": X is a name whatever its frequency; "my sister X": X when it is no common word (a capitalized X when
+# it is no very common one: "my dog Max"); "called X" / "project X": X of two words or holding a rare word
+# ("project marigold ferry", not "project proposal"); every X stops at a stop word or punctuation.
+_CUES = re.compile(rf"\b(?:(?P<strong>named|nicknamed|code[\s-]?named?|codename|alias|aka|handle|username)"
+                   rf"|(?P<rel>(?:my|our|his|her|their)\s+(?:best\s+|older\s+|younger\s+|little\s+|big\s+)?"
+                   rf"(?:{_RELATIONS}))|called|project)"
+                   r"(?:\s+(?:is|was|will\s+be)|\s*:)?\s+"
+                   r"(?=[\"'\u201c\u2018]?(?P<x>[^\W_][\w'\u2019-]*(?:[ \t]+[^\W_][\w'\u2019-]*){0,2}))",
                    re.IGNORECASE)
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}")
 _STREET = re.compile(
@@ -294,17 +308,32 @@ class PrivateTerms:
             self.add_term(m.group(), "phrase", source)
             self.add_term(m.group(1), "phrase", source)
         for m in _CUES.finditer(text):
-            words = []
-            for w in m.group(2).split():
-                if normalize(w) in _STOP or not normalize(w):
-                    break
-                words.append(w)
-            strong = m.group(1) is not None
-            if words and (strong or min(zipf(normalize(w)) for w in words) < WEAK_CUE_ZIPF):
-                named = " ".join(words)
-                self.add_term(named, "name" if named[:1].isupper() else "phrase", source)
+            self._add_cued(m, source)
         self._add_numbers(text, source)
         self._add_words(text, source)
+
+    def _add_cued(self, m: re.Match, source: str) -> None:
+        """The name after a cue (see `_CUES`)."""
+        words = []
+        for w in m.group("x").split():
+            if normalize(w) in _STOP or not normalize(w):
+                break
+            words.append(w)
+        if m.group("rel"):  # a person or pet: each part that is a name, and the whole
+            parts = [w for w in words[:2] if zipf(normalize(w)) < (5.5 if w[:1].isupper() else WEAK_CUE_ZIPF)]
+            parts = words[: len(parts)] if parts == words[: len(parts)] else []
+            for w in parts:
+                self.add_term(w, "name", source, cased=zipf(normalize(w)) >= self.zipf_proper)
+            if len(parts) == 2:
+                self.add_term(" ".join(parts), "name", source)
+            return
+        if not m.group("strong"):
+            words = words[: next((i for i, w in enumerate(words) if zipf(normalize(w)) >= WEAK_CUE_ZIPF), len(words))]
+            if len(words) < 2 and not (words and zipf(normalize(words[0])) < ZIPF_WEAK_SINGLE):
+                return
+        if words:
+            named = " ".join(words)
+            self.add_term(named, "name" if named[:1].isupper() else "phrase", source)
 
     def _add_words(self, text: str, source: str) -> None:
         for line in re.split(r"[\n;:.!?]", text):  # sentences, list items, "Title: description" halves

@@ -484,7 +484,13 @@ def cogenerate(
         top = ask(send)
         res.drafts_proposed += len(drafts)
         res.draft_k_history.append(len(drafts))
-        if top is None:  # fusion is over: the drafts are the local model's own choices, keep them
+        if top is None:  # no cloud this round (held, or fusion is over): the drafts are the device's own choices
+            if not drafts:  # nothing drafted (the reply's last position): decide it on the device
+                tok, _ = pick(lp0)
+                if not emit(tok, StepInfo(step, tok, False, 1.0)):
+                    break
+                logits = loc.forward([tok])
+                continue
             done = False
             for i, d in enumerate(drafts):
                 if not emit(d, StepInfo(step + i, d, False, None, True, True)):
@@ -661,7 +667,7 @@ def _write_mode(block: bool):
         cloud_instruction = job.cloud_instruction()
         res = write_logits(
             job.instruction, job.context, job.model, client, block=block,
-            local_messages=with_context(job.instruction, job.context),
+            local_messages=with_context(job.instruction, job.context, max_tokens=job.context_tokens),
             cloud_messages=without_context(cloud_instruction),
             guard=client.guard, on_token=on_token,
             placeholders=sorted({new for _, new in job.result.changes if new in PLACEHOLDERS}),
