@@ -94,9 +94,14 @@ _CUES = re.compile(rf"\b(?:(?P<strong>named|nicknamed|code[\s-]?named?|codename|
                    r"(?=[\"'\u201c\u2018]?(?P<x>[^\W_][\w'\u2019-]*(?:[ \t]+[^\W_][\w'\u2019-]*){0,2}))",
                    re.IGNORECASE)
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}")
+_SUFFIXES = (("street", "st"), ("avenue", "ave", "av"), ("road", "rd"), ("boulevard", "blvd"), ("lane", "ln"),
+             ("drive", "dr"), ("court", "ct"), ("close", "cl"), ("place", "pl"), ("terrace", "ter", "terr"),
+             ("way",), ("crescent", "cres"), ("parkway", "pkwy"), ("square", "sq"), ("gardens", "gdns"), ("row",),
+             ("mews",), ("hill",))
+_SUFFIX_FORMS = {form: forms for forms in _SUFFIXES for form in forms}  # every spelling of a street suffix
 _STREET = re.compile(
-    r"\b\d{1,5}[a-z]?\s+((?:[^\W\d_][\w'-]*\s+){1,3}(?:street|st|avenue|ave|road|rd|boulevard|blvd|lane|ln|drive"
-    r"|dr|court|ct|close|place|pl|terrace|way|crescent|parkway|square|sq|gardens|row|mews|hill))\b", re.IGNORECASE)
+    r"\b\d{1,5}[a-z]?\s+((?:[^\W\d_][\w'-]*\s+){1,3}(?:" + "|".join(sorted(_SUFFIX_FORMS, key=len, reverse=True))
+    + r"))\b", re.IGNORECASE)
 _WORD = re.compile(r"[^\W_]+")
 _SENTENCE_START = re.compile(r"(?:^|[.!?:;\n\u2022*#>|(\[\"\u201c-])\s*$")
 _MONTHS = {m: i + 1 for i, m in enumerate(
@@ -305,8 +310,12 @@ class PrivateTerms:
             if len(normalize(local)) >= 3 and zipf(normalize(local)) < self.zipf_proper:
                 self.add_term(local, "email", source)
         for m in _STREET.finditer(text):
-            self.add_term(m.group(), "phrase", source)
-            self.add_term(m.group(1), "phrase", source)
+            number = m.group()[: m.start(1) - m.start()].strip()
+            *name, suffix = m.group(1).split()
+            for sfx in _SUFFIX_FORMS.get(suffix.casefold().rstrip("."), (suffix,)):  # "Road" = "Rd"
+                self.add_term(f"{number} {' '.join(name)} {sfx}", "phrase", source)
+                self.add_term(f"{' '.join(name)} {sfx}", "phrase", source)
+            self.add_term(f"{number} {' '.join(name)}", "phrase", source)
         for m in _CUES.finditer(text):
             self._add_cued(m, source)
         self._add_numbers(text, source)
