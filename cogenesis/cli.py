@@ -140,7 +140,8 @@ def cmd_info(a) -> int:
     mm = m["model"]
     size = sum(f["size"] for f in m["files"].values())
     print(f"bundle      {a.bundle}  (format v{m['format_version']}, verified: {ok})")
-    print(f"model       {mm.get('name')}  {mm['architecture']}  {mm['num_layers']} layers  vocab {mm['vocab_size']}")
+    print(f"model       {mm.get('name')}  {mm['architecture']}  {mm['num_layers']} layers  vocab {mm['vocab_size']}"
+          + (f" ({mm['vocab_fingerprint']})" if mm.get('vocab_fingerprint') else ''))
     print(f"quant       {m['quant']['scheme']}   target {m['target']}   size {size / 2**20:.1f} MiB")
     print(f"onnx        {len(m['onnx']['inputs'])} inputs, {len(m['onnx']['outputs'])} outputs  ({m['onnx'].get('exporter')})")
     if rep.get("parity"):

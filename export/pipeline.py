@@ -14,6 +14,8 @@ from pathlib import Path
 
 import onnx
 from cogenesis.runtime.model import KVSpec
+from cogenesis.runtime.vocab import vocab_fingerprint
+from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from cogenesis.bundle import BundleError, write_bundle
@@ -208,7 +210,8 @@ def export_bundle(model: str | None, out: str | Path, quant: str = "int4", targe
             source.update(gguf=src.gguf.name, gguf_sha256=sha256_file(src.gguf))
         return {
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "model": {**facts, "name": src.name, "source": source},
+            "model": {**facts, "name": src.name, "source": source,
+                      "vocab_fingerprint": vocab_fingerprint(Tokenizer.from_file(str(tmp / "tokenizer.json")))},
             "special_tokens": special,
             "quant": qinfo,
             "target": tgt.name,

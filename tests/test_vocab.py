@@ -39,6 +39,7 @@ def server(int4_model, tmp_path_factory):
 def test_fingerprint_is_the_tokenizer_s_identity(int4_model):
     fp = vocab_fingerprint(int4_model.tokenizer)
     assert fp.startswith("sha256:") and fp == int4_model.vocab_fingerprint
+    assert int4_model.manifest["model"]["vocab_fingerprint"] == fp  # written at export
     assert vocab_fingerprint(Tokenizer.from_str(int4_model.tokenizer.to_str())) == fp  # a copy: the same
     assert vocab_fingerprint(_other_tokenizer()) != fp
     assert probe_ids(int4_model.tokenizer) != probe_ids(_other_tokenizer())
