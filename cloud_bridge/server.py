@@ -376,8 +376,8 @@ def _run_request(body: dict, ids: list[int], st: _State, default_max: int, k_gen
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
         raise ApiError(400, f"'top_k' must be -1, 0 or a positive integer, got {top_k!r}", "top_k")
     seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ApiError(400, f"'seed' must be an integer, got {seed!r}", "seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        raise ApiError(400, f"'seed' must be an integer in [0, 2**63), got {seed!r}", "seed")
     top_p = _num(body, "top_p", 1.0, 0.0, 1.0)
     sampling = SamplingConfig(temperature=_num(body, "temperature", 1.0, 0.0, 100.0), top_k=top_k,
                               top_p=top_p if top_p > 0 else 1.0, seed=seed)

@@ -107,3 +107,11 @@ def test_unauthenticated_mode_answers_only_on_loopback(int4_model):
         assert r.status_code == want, (host, r.text)
         if want == 403:
             assert "loopback" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("seed", [-1, 2**64, 1.5, "7", True])
+def test_bad_seed_is_a_400_naming_the_field(server, seed):
+    body = json.dumps({"model": server.state.model_name, "prompt": "Hello", "max_tokens": 1, "seed": seed,
+                       "temperature": 0.7}).encode()
+    status, data, _ = _raw(server.url, _post(len(body)), body)
+    assert status == 400 and b"'seed' must be an integer" in data, data[-200:]
