@@ -526,8 +526,10 @@ class PrivateTerms:
         next ("... Pem" of "Pemberlot", "... marigold f" of "marigold ferry", "... +44 77" of a phone): a
         prefix policy must not send it yet. Checks every start in the tail: word starts for word-bounded
         terms, any position for substring terms, and a trailing digit run for numbers."""
+        split_char = text.endswith("\ufffd")  # a character whose UTF-8 bytes are split across tokens
+        text = text.rstrip("\ufffd")
         norm = normalize(text, fold_case=True)
-        if not norm or not (text[-1:].isalnum() or unicodedata.category(text[-1:] or " ")[0] in "LNM"):
+        if not norm or not (split_char or text[-1:].isalnum() or unicodedata.category(text[-1:] or " ")[0] in "LNM"):
             return False  # the text ends in a space or punctuation: no term can continue across it
         prefixes = self._prefix_list()
         tail = norm[-self._longest():]

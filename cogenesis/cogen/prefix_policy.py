@@ -52,18 +52,19 @@ class PrefixPolicy:
         text = self.decode(gen + drafts)
         if self._pending(text):
             return self._hold("the reply ends in the first letters of a private term")
-        if not self.guard.scan_text(text):
+        found = self.guard.scan_text(text)
+        if not found:
             return PrefixView("send", gen)
         gen_text = self.decode(gen)
-        if drafts and not self.guard.scan_text(gen_text):
+        if drafts and any(f.end > len(gen_text.rstrip("\ufffd")) for f in found):
+            # the drafts reach into something private (a name the prefix only began: "Mbeki" + "-Stone")
             return self._hold("this round's drafts reach a private term")
         if self.policy == "stop":
             return PrefixView("stop", gen, "the reply contains a private term; finished on the device")
         red = self.guard.sanitize(gen_text).text
         if self.guard.scan_text(red):
             return PrefixView("stop", gen, "the redacted reply still matched the private context")
-        out = red + self.decode(drafts) if drafts else red
-        if self._pending(out) or (drafts and self.guard.scan_text(out)):
+        if self._pending(red):
             return self._hold("the redacted reply ends in the first letters of a private term")
         self.redacted += 1
         return PrefixView("send", self.encode(red))
