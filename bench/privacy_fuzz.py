@@ -905,7 +905,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="onnxruntime threads")
     p.add_argument("--session-timeout", type=float, default=300.0, help="seconds; a session past it is an error")
     p.add_argument("--out", default=str(RESULTS / "privacy_fuzz"), help="results path without extension")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="run only sessions I, I+N, I+2N... of the same session list (one process per core)")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="merge the JSON results of the shards of one run into --out (runs nothing)")
     a = p.parse_args(argv)
+    if a.merge:
+        return _merge(a.merge, a.out)
     modes = [m.strip() for m in a.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
     if bad:
@@ -918,6 +924,11 @@ def main(argv: list[str] | None = None) -> int:
     model = rt.load(bundle, threads=a.threads)
     bases = load_bases(a.data)
     sessions = build_sessions(bases, a.sessions, modes, a.real, a.seed, policies)
+    if a.shard:
+        i, n = (int(x) for x in a.shard.split("/"))
+        if not 0 <= i < n:
+            p.error(f"--shard I/N needs 0 <= I < N, got {a.shard}")
+        sessions = sessions[i::n]
     t0 = time.perf_counter()
 
     def progress(i: int, rec: dict) -> None:
@@ -929,11 +940,27 @@ def main(argv: list[str] | None = None) -> int:
     config = {"sessions": a.sessions, "real": a.real, "modes": modes, "policies": policies, "seed": a.seed,
               "max_new_tokens": a.max_new_tokens, "bundle": str(bundle), "data": a.data if Path(a.data).is_file()
               else str(DEMO_PROFILE), "users": len(bases), "wall_s": round(time.perf_counter() - t0, 1),
-              "argv": " ".join(argv if argv is not None else sys.argv[1:])}
+              "argv": " ".join(argv if argv is not None else sys.argv[1:]), "shard": a.shard}
     j, m = write_results(a.out, config, result)
     print(m.read_text(encoding="utf-8"))
     print(f"written: {j}, {m}")
     return 0 if summarize(result["sessions"])["all"]["sent"] == 0 else 1
+
+
+def _merge(paths: Sequence[str], out: str) -> int:
+    """One result from the shards of one run (same session list): sessions joined in order, wall time the
+    longest shard's."""
+    parts = [json.loads(Path(x).read_text(encoding="utf-8")) for x in paths]
+    sessions = sorted((r for d in parts for r in d["sessions"]), key=lambda r: r["sid"])
+    if len({r["sid"] for r in sessions}) != len(sessions):
+        raise SystemExit("the shards overlap: merge the shards of one run (--shard I/N with the same N)")
+    config = {**parts[0]["config"], "wall_s": max(d["config"]["wall_s"] for d in parts), "shard": None,
+              "argv": " + ".join(d["config"].get("argv", "") for d in parts), "merged_from": len(parts)}
+    unsupported = {k: v for d in parts for k, v in (d.get("unsupported") or {}).items()}
+    j, m = write_results(out, config, {"sessions": sessions, "unsupported": unsupported})
+    print(m.read_text(encoding="utf-8"))
+    print(f"written: {j}, {m}")
+    return 0 if summarize(sessions)["all"]["sent"] == 0 else 1
 
 
 if __name__ == "__main__":
