@@ -60,6 +60,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from cogenesis.cloud_bridge.audit import JsonlTail  # noqa: E402
+
 from cogenesis.context import PrivateContext, WritingSample  # noqa: E402
 from cogenesis.leakcheck import Canary, decode_capture, find_canaries, normalize  # noqa: E402
 
@@ -524,27 +526,14 @@ class ScriptedModel:
 # ---- running ---------------------------------------------------------------------------------------------
 
 
-class CaptureTail:
+class CaptureTail(JsonlTail):
     """The requests a server captured (its ``capture`` JSONL) since the last call; same records as
     ``cogenesis.cloud_bridge.server.read_capture``, read incrementally."""
 
-    def __init__(self, path: str | Path):
-        self.path, self.pos = Path(path), 0
-
     def new(self) -> list[dict]:
-        if not self.path.is_file():
-            return []
-        with open(self.path, "rb") as f:
-            f.seek(self.pos)
-            chunk = f.read()
-        end = chunk.rfind(b"\n") + 1  # a line still being written is read next time
-        self.pos += end
-        out = []
-        for line in chunk[:end].decode("utf-8").splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                rec["body"] = base64.b64decode(rec.pop("body_b64", ""))
-                out.append(rec)
+        out = super().new()
+        for rec in out:
+            rec["body"] = base64.b64decode(rec.pop("body_b64", ""))
         return out
 
 

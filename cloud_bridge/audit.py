@@ -119,3 +119,21 @@ def format_summary(summary: dict) -> str:
     if not summary.get("findings"):
         lines += ["", "no findings"]
     return "\n".join(lines)
+
+
+class JsonlTail:
+    """The records appended to a JSONL file (an audit log, a server capture) since the last call; a line still
+    being written is read next time."""
+
+    def __init__(self, path: str | Path):
+        self.path, self.pos = Path(path), 0
+
+    def new(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        with open(self.path, "rb") as f:
+            f.seek(self.pos)
+            chunk = f.read()
+        end = chunk.rfind(b"\n") + 1
+        self.pos += end
+        return [json.loads(line) for line in chunk[:end].decode("utf-8").splitlines() if line.strip()]

@@ -36,6 +36,7 @@ from typing import Any
 
 import requests
 
+from cogenesis.cloud_bridge.audit import JsonlTail
 from cogenesis.context import PrivateContext
 from cogenesis.data.prompts import with_context, without_context
 from cogenesis.data.records import TaskRecord, load_records
@@ -118,22 +119,6 @@ class _RecordingSession(requests.Session):
             data = json.dumps(kwargs["json"]).encode()
         self.sent.append(data if isinstance(data, bytes) else b"" if data is None else str(data).encode())
         return super().request(method, url, *args, **kwargs)
-
-
-class _AuditTail:
-    """Reads the audit records appended to a JSONL file since the last call."""
-
-    def __init__(self, path: Path):
-        self.path, self.pos = path, 0
-
-    def new(self) -> list[dict]:
-        if not self.path.is_file():
-            return []
-        with open(self.path, "rb") as f:
-            f.seek(self.pos)
-            chunk = f.read()
-        self.pos += len(chunk)
-        return [json.loads(line) for line in chunk.decode("utf-8").splitlines() if line.strip()]
 
 
 def plant_canary(record: TaskRecord, rng: random.Random) -> tuple[TaskRecord, str]:
@@ -297,7 +282,7 @@ def run_experiment(
     for system in runnable:
         audit_path = out / "audit" / f"{system}.jsonl"
         audit_path.unlink(missing_ok=True)
-        tail = _AuditTail(audit_path)
+        tail = JsonlTail(audit_path)
         client = None
         if system in CLOUD_SYSTEMS:
             client = client_cls(cloud_url, api_key=api_key, http=_RecordingSession())
