@@ -683,6 +683,8 @@ def _words(piece: str) -> list[str] | None:
     """The casefolded ``\\w+`` words of a text, as `content_segments` sees them: each distinct non-ASCII
     character replaced once (C-level str.replace), then one bytes.translate for ASCII. None: no pre-check."""
     if not piece.isascii():
+        if not unicodedata.is_normalized("NFKC", piece):
+            return None  # NFKC would compose across characters (Hangul jamo, accents): no per-character view
         for ch in set("".join(_NON_ASCII.findall(piece))):
             rep = _word_piece(ch)
             if rep is None:
