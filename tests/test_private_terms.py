@@ -5,11 +5,13 @@ term model (the context and outbound texts are the issue's shapes, not chosen to
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import random
 import re
+import sys
 import unicodedata
+from pathlib import Path
 
-import numpy as np
 import pytest
 from cogenesis.cloud_bridge.guard import EgressGuard
 from cogenesis.cloud_bridge.terms import PrivateTerms, _fold, normalize, normalize_map, zipf
@@ -21,6 +23,7 @@ from cogenesis.cogen_logits import cogenerate
 from cogenesis.context import PrivateContext, WritingSample
 from cogenesis.fusion import Fuser
 
+ROOT = Path(__file__).resolve().parents[1]
 CTX = PrivateContext(
     {"Name": "Anna Lindqvist-Barros", "Location": "Porto, Portugal", "Phone": "+44 7700 900123",
      "Privacy_info": "Born 14 March 1987; Plays the oboe in a quartet; Our code name is marigold ferry; "
@@ -207,33 +210,18 @@ def _leaks(text: str) -> list[str]:
     return [c for c in _CANARIES if (c in digits if c.isdigit() else f" {c} " in f" {norm} ")]
 
 
-class ScriptedDecoder:
+def _scripted_decoder(prompt: list[int], reply: list[int], vocab: int, stop: int):
     """A device model that writes a fixed reply (huge logit on the next scripted token): the hard case for the
-    logits modes, a reply full of private terms."""
-
-    def __init__(self, prompt: list[int], reply: list[int], vocab: int):
-        self.script, self.n_prompt, self.vocab = prompt + reply, len(prompt), vocab
-        self.reset()
-
-    def reset(self) -> None:
-        self.tokens: list[int] = []
-
-    @property
-    def length(self) -> int:
-        return len(self.tokens)
-
-    def truncate(self, n: int) -> None:
-        self.tokens = self.tokens[:n]
-
-    def forward(self, ids, keep: int = 1) -> np.ndarray:
-        self.tokens += [int(t) for t in ids]
-        rows = []
-        for pos in range(len(self.tokens) - keep, len(self.tokens)):
-            row = np.zeros(self.vocab, dtype=np.float32)
-            nxt = self.script[pos + 1] if pos + 1 < len(self.script) else 0
-            row[nxt] = 50.0
-            rows.append(row)
-        return np.stack(rows)
+    logits modes, a reply full of private terms. The fuzz bench's decoder, loaded from bench/."""
+    mod = sys.modules.get("privacy_fuzz")
+    if mod is None:
+        spec = importlib.util.spec_from_file_location("privacy_fuzz", ROOT / "bench" / "privacy_fuzz.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod  # its dataclasses look their module up
+        spec.loader.exec_module(mod)
+    dec = mod.ScriptedDecoder(vocab, prompt, stop)
+    dec.script = list(reply)
+    return dec
 
 
 class RecordingCloud:
@@ -263,7 +251,8 @@ def test_prefix_policy_never_sends_a_private_term(int4_model, policy, block):
     vocab = int(m.manifest["model"]["vocab_size"])
     cloud = RecordingCloud()
     pol = PrefixPolicy(guard, m.decode, encode, policy)
-    res = cogenerate(ScriptedDecoder(prompt, reply, vocab), prompt, cloud, encode("Cloud prompt."), Fuser("mean"),
+    dec = _scripted_decoder(prompt, reply, vocab, int(next(iter(m.stop_ids))))
+    res = cogenerate(dec, prompt, cloud, encode("Cloud prompt."), Fuser("mean"),
                      block=block, max_new_tokens=len(reply), cloud_view=pol, draft_k=3, adapt_k=False)
     assert m.decode(res.tokens) == REPLY  # the device really wrote every canary (the test can fail)
     assert len(_leaks(m.decode(res.tokens))) == len(_CANARIES)
