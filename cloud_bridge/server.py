@@ -47,17 +47,42 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from cogenesis.runtime import EdgeModel
 from cogenesis.runtime.sampling import SamplingConfig
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from .server_cli import API_KEY_ENV, FAULTS
-from .server_engine import Engine, GrammarError, RunInfo, RunRequest, StructuredOutputUnavailable, TopLogprobs
+from .server_engine import (
+    Engine,
+    GrammarError,
+    KVBudgetExceeded,
+    KVRequestTooLarge,
+    Reservation,
+    RunInfo,
+    RunRequest,
+    StructuredOutputUnavailable,
+    TopLogprobs,
+)
+from .server_protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    GenerationRequest,
+    TokenizeRequest,
+    ValidationError,
+    describe,
+)
+
+M = TypeVar("M", bound=BaseModel)
 
 log = logging.getLogger("cogenesis.cloud.server")
 
@@ -84,6 +109,10 @@ class ServerSettings:
     max_logprob_positions: int = 2048
     max_sessions: int = 16
     max_parallel: int = 2
+    # KV cache of kept sessions + running requests (fp32: SmolLM2-135M 45 KiB/token, Qwen2.5-1.5B 56 KiB/token);
+    # idle sessions are evicted to make room, beyond it 503 + Retry-After. None: no limit.
+    kv_budget_mb: float | None = 1024.0
+    retry_after_s: int = 1
     default_chat_max_tokens: int = 256
     served_model_name: str | None = None
     # The Android demo's WebView page lives at this origin; browsers need CORS (preflight without auth) for it.
@@ -93,13 +122,14 @@ class ServerSettings:
 class ApiError(Exception):
     """An error answered as OpenAI-style JSON: {"error": {"message", "type", "param", "code"}}."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
+    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
+                 headers: dict | None = None):
         super().__init__(message)
-        self.status, self.message, self.param, self.kind = status, message, param, kind
+        self.status, self.message, self.param, self.kind, self.headers = status, message, param, kind, headers
 
     def response(self, headers: dict | None = None) -> JSONResponse:
         body = {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.status}}
-        return JSONResponse(body, status_code=self.status, headers=headers)
+        return JSONResponse(body, status_code=self.status, headers=headers or self.headers)
 
 
 @dataclass
@@ -137,7 +167,8 @@ def create_app(model: str | Path | EdgeModel, api_key: str | None = None, allow_
         from cogenesis.runtime import load
 
         edge = load(model, threads=threads)
-    engine = Engine(edge, max_sessions=cfg.max_sessions, max_parallel=cfg.max_parallel)
+    engine = Engine(edge, max_sessions=cfg.max_sessions, max_parallel=cfg.max_parallel,
+                    kv_budget_bytes=None if cfg.kv_budget_mb is None else int(cfg.kv_budget_mb * 2**20))
     cfg.max_prompt_tokens = min(cfg.max_prompt_tokens, engine.max_model_len - 1)
     name = cfg.served_model_name or edge.manifest["model"].get("name") or edge.path.name
     state = _State(cfg, engine, name, faults_left=cfg.fault_count)
@@ -178,50 +209,46 @@ def _routes(app: FastAPI, st: _State) -> None:
 
     @app.get("/metrics")
     async def metrics() -> dict:
-        return {**st.metrics, "sessions": eng.session_count(), "evictions": eng.evictions}
+        return {**st.metrics, "sessions": eng.session_count(), "evictions": eng.evictions,
+                "kv_bytes": eng.kv_bytes(), "kv_budget_bytes": eng.kv_budget_bytes}
 
     @app.post("/tokenize")
     async def tokenize(request: Request) -> dict:
-        body = await _body(request, st)
-        if "messages" in body:
-            ids = eng.model.encode(_messages(body, eng))
+        body = await _body(request, st, TokenizeRequest)
+        if body.messages is not None:
+            ids = eng.model.encode([{"role": m.role, "content": m.text()} for m in body.messages])
+        elif body.prompt is not None:
+            ids = eng.model.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens).ids
         else:
-            prompt = body.get("prompt")
-            if not isinstance(prompt, str):
-                raise ApiError(400, "'prompt' must be a string (or send 'messages')", "prompt")
-            ids = eng.model.tokenizer.encode(prompt, add_special_tokens=bool(body.get("add_special_tokens", True))).ids
+            raise ApiError(400, "send 'prompt' (a string) or 'messages'", "prompt")
         return {"count": len(ids), "max_model_len": eng.max_model_len, "tokens": ids}
 
     @app.post("/detokenize")
     async def detokenize(request: Request) -> dict:
-        body = await _body(request, st)
-        return {"prompt": eng.model.tokenizer.decode(_token_ids(body.get("tokens"), eng, "tokens"),
-                                                     skip_special_tokens=False)}
+        body = await _body(request, st, DetokenizeRequest)
+        return {"prompt": eng.model.tokenizer.decode(_token_ids(body.tokens, eng, "tokens"), skip_special_tokens=False)}
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        body = await _body(request, st)
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
-            prompt = prompt[0]  # a batch of one
+        body = await _body(request, st, CompletionRequest)
+        prompt = body.single_prompt()
         if isinstance(prompt, str):
-            ids = eng.model.tokenizer.encode(prompt, add_special_tokens=bool(body.get("add_special_tokens", True))).ids
-        elif isinstance(prompt, list):
-            ids = _token_ids(prompt, eng, "prompt")
+            ids = eng.model.tokenizer.encode(prompt, add_special_tokens=body.add_special_tokens).ids
         else:
-            raise ApiError(400, "'prompt' must be a string or a list of token ids (one prompt per request)", "prompt")
-        echo = bool(body.get("echo", False))
-        k_gen = _opt_int(body, "logprobs", 0, cfg.max_logprobs)
+            ids = _token_ids(prompt, eng, "prompt")
+        echo = body.echo
+        k_gen = _limit(body.logprobs, "logprobs", cfg.max_logprobs)
         req, k_pl, pl_start = _run_request(body, ids, st, default_max=16, k_gen=k_gen, echo_k=k_gen if echo else None)
         req.constraint = await _constraint(body, eng)
-        as_ids = bool(body.get("return_tokens_as_token_ids", False))
+        as_ids = body.return_tokens_as_token_ids
         key = _session_key(request, body)
         _note(request, session=key)
         created, rid = int(time.time()), f"cmpl-{uuid.uuid4().hex}"
-        if body.get("stream"):
-            return _sse(_stream(st, request, key, req, rid, created, "text_completion", body,
-                                prefix=eng.model.decode(ids) if echo else ""))
-        info, finish, reason = await run_in_threadpool(_collect, st, key, req)
+        res = _admit(st, key, req)
+        if body.stream:
+            return _sse(_stream(st, request, key, req, rid, created, "text_completion", body, res,
+                                prefix=eng.model.decode(ids) if echo else ""), res)
+        info, finish, reason = await run_in_threadpool(_collect, st, key, req, res)
         _note(request, **_usage_log(info))
         text = _cut(eng.model.decode(info.completion_ids), reason)
         choice = {"index": 0, "text": (eng.model.tokenizer.decode(ids, skip_special_tokens=True) if echo else "") + text,
@@ -234,28 +261,27 @@ def _routes(app: FastAPI, st: _State) -> None:
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
-        body = await _body(request, st)
-        msgs = _messages(body, eng)
-        text = eng.model.render(msgs, add_generation_prompt=bool(body.get("add_generation_prompt", True)))
+        body = await _body(request, st, ChatCompletionRequest)
+        text = eng.model.render(body.plain_messages(), add_generation_prompt=body.add_generation_prompt)
         ids = eng.model.tokenizer.encode(text, add_special_tokens=False).ids
-        want_lp = bool(body.get("logprobs", False))
-        k_gen = (_opt_int(body, "top_logprobs", 0, cfg.max_logprobs) or 0) if want_lp else None
-        if "max_completion_tokens" in body and "max_tokens" not in body:
-            body = {**body, "max_tokens": body["max_completion_tokens"]}
+        k_gen = (_limit(body.top_logprobs, "top_logprobs", cfg.max_logprobs) or 0) if body.logprobs else None
+        if body.max_tokens is None and body.max_completion_tokens is not None:
+            body.max_tokens = body.max_completion_tokens
         req, k_pl, pl_start = _run_request(body, ids, st, default_max=cfg.default_chat_max_tokens, k_gen=k_gen)
         req.constraint = await _constraint(body, eng)
         key = _session_key(request, body)
         _note(request, session=key)
         created, rid = int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
-        if body.get("stream"):
-            return _sse(_stream(st, request, key, req, rid, created, "chat.completion.chunk", body))
-        info, finish, reason = await run_in_threadpool(_collect, st, key, req)
+        res = _admit(st, key, req)
+        if body.stream:
+            return _sse(_stream(st, request, key, req, rid, created, "chat.completion.chunk", body, res), res)
+        info, finish, reason = await run_in_threadpool(_collect, st, key, req, res)
         _note(request, **_usage_log(info))
         content = _cut(eng.model.decode(info.completion_ids), reason)
         choice = {"index": 0, "message": {"role": "assistant", "content": content}, "logprobs": None,
                   "finish_reason": finish, "stop_reason": reason if isinstance(reason, (str, int)) else None}
         if k_gen is not None:
-            choice["logprobs"] = {"content": _chat_logprobs(info, k_gen, bool(body.get("return_tokens_as_token_ids")), eng)}
+            choice["logprobs"] = {"content": _chat_logprobs(info, k_gen, body.return_tokens_as_token_ids, eng)}
         return _json({"id": rid, "object": "chat.completion", "created": created, "model": st.model_name,
                       "choices": [choice], "usage": _usage(info),
                       "prompt_logprobs": _prompt_lp_json(info, k_pl, pl_start, eng) if k_pl is not None else None})
@@ -279,90 +305,65 @@ def _has_llguidance() -> bool:
 # ---- request parsing -----------------------------------------------------------------------------------------
 
 
-async def _body(request: Request, st: _State) -> dict:
+async def _body(request: Request, st: _State, protocol: type[M]) -> M:
+    """The body as the endpoint's pydantic model; a body that does not fit is a 400 naming the field."""
     raw = await request.body()
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ApiError(400, f"request body is not valid JSON ({e})") from e
-    if not isinstance(body, dict):
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ApiError(400, f"request body is not valid JSON ({str(e)[:200]})") from None
+    if not isinstance(data, dict):
         raise ApiError(400, "request body must be a JSON object")
-    model = body.get("model")
+    model = data.get("model")
     if model not in (None, "", st.model_name):
-        raise ApiError(404, f"The model `{model}` does not exist; this server serves `{st.model_name}` (GET /v1/models)",
-                       "model", kind="NotFoundError")
-    return body
+        raise ApiError(404, f"The model `{str(model)[:200]}` does not exist; this server serves `{st.model_name}` "
+                       "(GET /v1/models)", "model", kind="NotFoundError")
+    try:
+        return protocol.model_validate(data)
+    except ValidationError as e:
+        msg, param = describe(e)
+        raise ApiError(400, msg, param) from None
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply") from None
 
 
-def _opt_int(body: dict, name: str, lo: int, hi: int) -> int | None:
-    v = body.get(name)
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise ApiError(400, f"'{name}' must be an integer, got {v!r}", name)
-    if not lo <= v <= hi:
-        raise ApiError(400, f"'{name}' must be between {lo} and {hi} (server limit), got {v}", name)
+def _limit(v: int | None, name: str, hi: int) -> int | None:
+    """A server limit on an already type-checked integer."""
+    if v is not None and v > hi:
+        raise ApiError(400, f"'{name}' must be between 0 and {hi} (server limit), got {v}", name)
     return v
 
 
-def _num(body: dict, name: str, default: float, lo: float, hi: float) -> float:
-    v = body.get(name, default)
-    if v is None:
-        return default
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
-        raise ApiError(400, f"'{name}' must be a number in [{lo}, {hi}], got {v!r}", name)
-    return float(v)
-
-
-def _token_ids(v: object, eng: Engine, name: str) -> list[int]:
-    if not isinstance(v, list) or not v or not all(isinstance(t, int) and not isinstance(t, bool) for t in v):
-        raise ApiError(400, f"'{name}' must be a non-empty list of token ids", name)
+def _token_ids(v: list[int], eng: Engine, name: str) -> list[int]:
     bad = [t for t in v if not 0 <= t < eng.vocab_size]
     if bad:
         raise ApiError(400, f"'{name}' has token ids outside the vocabulary [0, {eng.vocab_size}): {bad[:5]}", name)
     return list(v)
 
 
-def _messages(body: dict, eng: Engine) -> list[dict]:
-    msgs = body.get("messages")
-    if not isinstance(msgs, list) or not msgs:
-        raise ApiError(400, "'messages' must be a non-empty list of {role, content}", "messages")
-    out = []
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise ApiError(400, f"messages[{i}] must be an object with a 'role' and 'content'", "messages")
-        c = m.get("content")
-        if isinstance(c, list):  # content parts: keep the text ones
-            c = "".join(p.get("text", "") for p in c if isinstance(p, dict) and p.get("type") == "text")
-        if not isinstance(c, str):
-            raise ApiError(400, f"messages[{i}].content must be a string or a list of text parts", "messages")
-        out.append({"role": m["role"], "content": c})
-    return out
-
-
-def _run_request(body: dict, ids: list[int], st: _State, default_max: int, k_gen: int | None,
+def _run_request(body: GenerationRequest, ids: list[int], st: _State, default_max: int, k_gen: int | None,
                  echo_k: int | None = None) -> tuple[RunRequest, int | None, int]:
-    """Validate the generation and scoring fields; returns the run, and the prompt-logprobs k and start."""
+    """Check the generation and scoring fields against the server's limits; returns the run, the prompt-logprobs
+    k and start."""
     cfg, eng = st.settings, st.engine
     n = len(ids)
     if n > cfg.max_prompt_tokens:
         raise ApiError(400, f"the prompt has {n} tokens; this server accepts at most {cfg.max_prompt_tokens}", "prompt")
-    if body.get("n", 1) not in (1, None) or body.get("best_of", 1) not in (1, None):
-        raise ApiError(400, "only n=1 (and best_of=1) is supported", "n")
-    max_tokens = body.get("max_tokens", default_max)
-    if max_tokens is None:
-        max_tokens = default_max
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 0 <= max_tokens <= cfg.max_tokens:
+    max_tokens = default_max if body.max_tokens is None else body.max_tokens
+    if max_tokens > cfg.max_tokens:
         raise ApiError(400, f"'max_tokens' must be an integer between 0 and {cfg.max_tokens} (server limit), "
                             f"got {max_tokens!r}", "max_tokens")
-    k_pl = _opt_int(body, "prompt_logprobs", 0, cfg.max_logprobs)
-    start = _opt_int(body, "prompt_logprobs_start", 0, max(n, 0)) or 0
-    if max_tokens == 0 and echo_k is None and k_pl is None and not body.get("echo"):
+    k_pl = _limit(body.prompt_logprobs, "prompt_logprobs", cfg.max_logprobs)
+    start = body.prompt_logprobs_start or 0
+    if start > n:
+        raise ApiError(400, f"'prompt_logprobs_start' must be between 0 and {n} (the prompt's length), got {start}",
+                       "prompt_logprobs_start")
+    if max_tokens == 0 and echo_k is None and k_pl is None and not getattr(body, "echo", False):
         raise ApiError(400, "'max_tokens' is 0: only allowed with echo or prompt_logprobs (scoring)", "max_tokens")
     if n + max_tokens > eng.max_model_len:
         raise ApiError(400, f"prompt ({n} tokens) + max_tokens ({max_tokens}) exceeds the model's context of "
                             f"{eng.max_model_len} tokens", "max_tokens")
-    if body.get("stream") and k_pl is not None:
+    if body.stream and k_pl is not None:
         raise ApiError(400, "prompt_logprobs is not available with stream=true", "prompt_logprobs")
     run_k, run_start = k_pl, start
     if echo_k is not None:  # echo + logprobs scores every prompt token
@@ -371,59 +372,28 @@ def _run_request(body: dict, ids: list[int], st: _State, default_max: int, k_gen
         raise ApiError(400, f"prompt logprobs asked for {n - max(run_start, 1)} positions; the limit is "
                             f"{cfg.max_logprob_positions} (use prompt_logprobs_start to ask for the last few only)",
                        "prompt_logprobs")
-    top_k = body.get("top_k", 0)
-    top_k = 0 if top_k in (None, -1) else top_k
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-        raise ApiError(400, f"'top_k' must be -1, 0 or a positive integer, got {top_k!r}", "top_k")
-    seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
-        raise ApiError(400, f"'seed' must be an integer in [0, 2**63), got {seed!r}", "seed")
-    top_p = _num(body, "top_p", 1.0, 0.0, 1.0)
-    sampling = SamplingConfig(temperature=_num(body, "temperature", 1.0, 0.0, 100.0), top_k=top_k,
-                              top_p=top_p if top_p > 0 else 1.0, seed=seed)
-    stop = body.get("stop") or []
-    stop = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop) or len(stop) > 8:
-        raise ApiError(400, "'stop' must be a string or a list of at most 8 non-empty strings", "stop")
-    stop_ids = set() if body.get("ignore_eos") else set(eng.model.stop_ids)
-    extra = body.get("stop_token_ids") or []
-    if not isinstance(extra, list) or not all(isinstance(t, int) for t in extra):
-        raise ApiError(400, "'stop_token_ids' must be a list of token ids", "stop_token_ids")
+    top_k = 0 if body.top_k in (None, -1) else body.top_k
+    top_p = 1.0 if not body.top_p else body.top_p
+    temperature = 1.0 if body.temperature is None else body.temperature
+    sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=body.seed)
+    stop_ids = set() if body.ignore_eos else set(eng.model.stop_ids)
     req = RunRequest(prompt_ids=ids, max_tokens=max_tokens, sampling=sampling, prompt_logprobs=run_k,
-                     prompt_logprobs_start=run_start, logprobs=k_gen, stop_ids=stop_ids | set(extra), stop=stop)
+                     prompt_logprobs_start=run_start, logprobs=k_gen, stop_ids=stop_ids | set(body.stop_token_ids or ()),
+                     stop=body.stop_list())
     return req, k_pl, start
 
 
-def response_schema(body: dict) -> dict | None:
-    """The JSON schema that ``response_format`` asks for (None: free text); ApiError 400 when malformed."""
-    rf = body.get("response_format")
-    if rf is None:
+def response_schema(body: GenerationRequest) -> dict | None:
+    """The JSON schema that ``response_format`` asks for (None: free text); ApiError 400 when incomplete."""
+    if body.response_format is None:
         return None
-    kinds = ", ".join(f"'{k}'" for k in RESPONSE_FORMATS)
-    if not isinstance(rf, dict) or not isinstance(rf.get("type"), str):
-        raise ApiError(400, f"'response_format' must be an object with a 'type' ({kinds}), got {rf!r:.200}",
-                       "response_format")
-    kind = rf["type"]
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return {"type": "object"}
-    if kind != "json_schema":
-        raise ApiError(400, f"response_format type {kind!r:.100} is not supported; use {kinds}", "response_format")
-    js = rf.get("json_schema")
-    if not isinstance(js, dict):
-        raise ApiError(400, "response_format 'json_schema' needs a 'json_schema' object: "
-                            '{"name": "...", "schema": {...JSON Schema...}}', "response_format")
-    if not isinstance(js.get("name"), str) or not js["name"]:
-        raise ApiError(400, "response_format.json_schema.name must be a non-empty string", "response_format")
-    schema = js.get("schema")
-    if not isinstance(schema, dict):
-        raise ApiError(400, f"response_format.json_schema.schema must be a JSON Schema object, got {schema!r:.200}",
-                       "response_format")
-    return schema
+    try:
+        return body.response_format.schema_or_none()
+    except ValueError as e:
+        raise ApiError(400, f"response_format: {e}", "response_format") from None
 
 
-async def _constraint(body: dict, eng: Engine):
+async def _constraint(body: GenerationRequest, eng: Engine):
     """The request's grammar constraint (built off the event loop: the first one loads the token trie)."""
     schema = response_schema(body)
     if schema is None:
@@ -436,21 +406,36 @@ async def _constraint(body: dict, eng: Engine):
         raise ApiError(400, str(e), "response_format") from None
 
 
-def _session_key(request: Request, body: dict) -> str | None:
-    key = request.headers.get(SESSION_HEADER) or body.get("user")
+def _session_key(request: Request, body: GenerationRequest) -> str | None:
+    key = request.headers.get(SESSION_HEADER) or body.user
     return str(key)[:200] if key else None
 
 
 # ---- running -------------------------------------------------------------------------------------------------
 
 
-def _collect(st: _State, key: str | None, req: RunRequest) -> tuple[RunInfo, str, str | int | None]:
+def _admit(st: _State, key: str | None, req: RunRequest) -> Reservation:
+    """Reserve the request's KV cache: 503 + Retry-After while running requests hold the budget."""
+    try:
+        return st.engine.admit(key, len(req.prompt_ids) + req.max_tokens)
+    except KVRequestTooLarge as e:
+        raise ApiError(400, str(e), "max_tokens") from None
+    except KVBudgetExceeded as e:
+        st.metrics["kv_budget_503"] += 1
+        raise ApiError(503, str(e), kind="server_overloaded",
+                       headers={"Retry-After": str(st.settings.retry_after_s)}) from None
+
+
+def _collect(st: _State, key: str | None, req: RunRequest, res: Reservation) -> tuple[RunInfo, str, str | int | None]:
     info = RunInfo()
     finish, reason = "length", None
-    with st.engine.session(key) as dec:
-        for ev in st.engine.run(dec, req, info):
-            if ev.finish_reason:
-                finish, reason = ev.finish_reason, ev.stop_reason
+    try:
+        with st.engine.session(key) as dec:
+            for ev in st.engine.run(dec, req, info):
+                if ev.finish_reason:
+                    finish, reason = ev.finish_reason, ev.stop_reason
+    finally:
+        res.release()
     _count(st, info)
     return info, finish, reason
 
@@ -465,7 +450,7 @@ def _count(st: _State, info: RunInfo) -> None:
 
 
 def _stream(st: _State, request: Request, key: str | None, req: RunRequest, rid: str, created: int, obj: str,
-            body: dict, prefix: str = "") -> Iterator[str]:
+            body: GenerationRequest, res: Reservation, prefix: str = "") -> Iterator[str]:
     """Server-sent events; text is released once stable (no half characters, no partial stop string)."""
     eng, chat = st.engine, obj.startswith("chat")
     hold = max((len(s) for s in req.stop), default=1) - 1
@@ -485,7 +470,7 @@ def _stream(st: _State, request: Request, key: str | None, req: RunRequest, rid:
     elif prefix:
         yield chunk(prefix)
     emitted = 0
-    with eng.session(key) as dec:
+    with _released(res), eng.session(key) as dec:
         for ev in eng.run(dec, req, info):
             text = eng.model.decode(info.completion_ids)
             if ev.finish_reason:
@@ -500,14 +485,24 @@ def _stream(st: _State, request: Request, key: str | None, req: RunRequest, rid:
                 emitted = safe
     _count(st, info)
     _note(request, **_usage_log(info))
-    if (body.get("stream_options") or {}).get("include_usage"):
+    if body.include_usage():
         yield "data: " + json.dumps({"id": rid, "object": obj, "created": created, "model": st.model_name,
                                      "choices": [], "usage": _usage(info)}) + "\n\n"
     yield "data: [DONE]\n\n"
 
 
-def _sse(it: Iterator[str]) -> StreamingResponse:
-    return StreamingResponse(it, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+def _sse(it: Iterator[str], res: Reservation) -> StreamingResponse:
+    # released when the stream ends, and after the response in any case (a client gone before the first byte)
+    return StreamingResponse(it, media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
+                             background=BackgroundTask(res.release))
+
+
+@contextmanager
+def _released(res: Reservation) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        res.release()
 
 
 def _cut(text: str, reason: str | int | None) -> str:

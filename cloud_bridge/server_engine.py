@@ -84,14 +84,38 @@ class _Slot:
         self.lock = threading.Lock()
 
 
+class KVBudgetExceeded(Exception):
+    """The request's KV cache does not fit next to the requests running now: answer 503 + Retry-After."""
+
+
+class KVRequestTooLarge(Exception):
+    """The request alone needs more KV cache than the whole budget: answer 400 (retrying cannot help)."""
+
+
+class Reservation:
+    """KV bytes admitted for one request; `release` is idempotent (a stream releases it when it ends)."""
+
+    def __init__(self, engine: Engine, nbytes: int):
+        self.engine, self.nbytes, self._done = engine, nbytes, False
+
+    def release(self) -> None:
+        with self.engine._lru:
+            if not self._done:
+                self._done = True
+                self.engine._inflight -= self.nbytes
+
+
 class Engine:
     """Sessions, prefix reuse and token-level scoring over one loaded model."""
 
-    def __init__(self, model: EdgeModel, max_sessions: int = 16, max_parallel: int = 2):
+    def __init__(self, model: EdgeModel, max_sessions: int = 16, max_parallel: int = 2,
+                 kv_budget_bytes: int | None = None):
         if max_sessions < 1 or max_parallel < 1:
             raise ValueError("max_sessions and max_parallel must be >= 1")
         self.model = model
         self.max_sessions = max_sessions
+        self.kv_budget_bytes = kv_budget_bytes  # None: no limit
+        self._inflight = 0  # bytes admitted to running requests
         self.vocab_size = int(model.manifest["model"]["vocab_size"])
         self.max_model_len = int(model.manifest["model"].get("max_position_embeddings") or 8192)
         self._slots: OrderedDict[str, _Slot] = OrderedDict()
@@ -126,6 +150,43 @@ class Engine:
 
     def session_count(self) -> int:
         return len(self._slots)
+
+    # -- memory --------------------------------------------------------------------------------------------
+    def admit(self, key: str | None, tokens: int) -> Reservation:
+        """Reserve the KV cache a request of `tokens` (prompt + max_tokens) can grow to.
+
+        Kept sessions and running requests together stay under `kv_budget_bytes`: idle sessions are evicted
+        (least recently used first) to make room; when running requests hold the memory, KVBudgetExceeded.
+        The requester's own session is not counted twice: its cache is what the reservation covers."""
+        probe = self.model.decoder
+        with self._lru:
+            own = self._slots.get(key) if key is not None else None
+            dec = own.decoder if own is not None else probe
+            need = probe.kv_bytes_for(dec.capacity_for(tokens, fresh=own is None))
+            budget = self.kv_budget_bytes
+            if budget is not None:
+                if need > budget:
+                    raise KVRequestTooLarge(f"this request can grow to {tokens} tokens, {need / 2**20:.0f} MiB of KV "
+                                            f"cache; the server's KV budget is {budget / 2**20:.0f} MiB: shorten the "
+                                            "prompt or max_tokens")
+                while self._held(own) + self._inflight + need > budget:
+                    victim = next((k for k, sl in self._slots.items() if sl is not own and not sl.lock.locked()), None)
+                    if victim is None:
+                        raise KVBudgetExceeded(f"the KV budget ({budget / 2**20:.0f} MiB) is held by running requests; "
+                                               "retry shortly")
+                    del self._slots[victim]
+                    self.evictions += 1
+            self._inflight += need
+        return Reservation(self, need)
+
+    def _held(self, own: _Slot | None) -> int:
+        # a session in use is covered by its request's reservation (which is >= its current cache)
+        return sum(sl.decoder.kv_bytes for sl in self._slots.values() if sl is not own and not sl.lock.locked())
+
+    def kv_bytes(self) -> int:
+        """Bytes held by kept sessions plus those admitted to running requests."""
+        with self._lru:
+            return self._held(None) + self._inflight
 
     # -- structured output ---------------------------------------------------------------------------------
     def constraint(self, schema: dict) -> TokenConstraint:

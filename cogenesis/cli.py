@@ -113,6 +113,10 @@ def cmd_export(a) -> int:
     rep = json.loads((out / "export_report.json").read_text())
     p = rep["parity"]
     print(f"bundle written: {out}  ({fmt})")
+    if a.sign_key:
+        from cogenesis.bundle_signing import sign_bundle
+
+        print(f"  signed: manifest.sig (Ed25519 key {sign_bundle(out, a.sign_key)})")
     print(f"  quant {rep['quant']['scheme']}  greedy identical {p['greedy_identical_prompts']}/{p['prompts']}  "
           f"teacher-forced top-1 {p['teacher_forced_top1']:.4f}  mean KL {p['mean_kl']:.5f}")
     if "genai_parity" in rep:
@@ -124,14 +128,36 @@ def cmd_export(a) -> int:
     return 0
 
 
+def cmd_keygen(a) -> int:
+    from cogenesis.bundle_signing import generate_key, key_id, load_private_key
+
+    priv, pub = generate_key(a.out, force=a.force)
+    print(f"private key {priv} (keep it secret)\npublic key  {pub} (give it to devices: --verify-key / "
+          f"trusted_keys)\nkey id      {key_id(load_private_key(priv).public_key())}")
+    return 0
+
+
+def cmd_sign(a) -> int:
+    from cogenesis.bundle import verify_bundle
+    from cogenesis.bundle_signing import sign_bundle
+
+    verify_bundle(a.bundle)  # never sign a bundle that does not verify
+    print(f"signed {a.bundle}: manifest.sig (Ed25519 key {sign_bundle(a.bundle, a.key)})")
+    return 0
+
+
 def cmd_info(a) -> int:
     from cogenesis.bundle import read_manifest, verify_bundle
 
-    m = read_manifest(a.bundle)
+    m = read_manifest(a.bundle, trusted_keys=a.verify_key or None)
     ok = "not checked"
     if not a.no_verify:
         verify_bundle(a.bundle, m)
         ok = "ok"
+    if a.verify_key:
+        from cogenesis.bundle_signing import verify_signature
+
+        ok += f", signed by trusted key {verify_signature(a.bundle, a.verify_key)}"
     rep_path = Path(a.bundle) / m.get("report", "export_report.json")
     rep = json.loads(rep_path.read_text()) if rep_path.is_file() else {}
     if a.json:
@@ -259,13 +285,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="bundle directory to create")
     p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
     p.add_argument("--parity-tokens", type=int, default=64, help="tokens per prompt in the parity report")
+    p.add_argument("--sign-key", default=None, metavar="KEY",
+                   help="sign the bundle's manifest with this Ed25519 private key (`cogenesis keygen`)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("info", help="show and verify a bundle")
     p.add_argument("bundle")
     p.add_argument("--no-verify", action="store_true", help="skip the sha256 check")
+    p.add_argument("--verify-key", action="append", default=[], metavar="PUB",
+                   help="require a signature by this Ed25519 public key (repeat for several trusted keys)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("keygen", help="make an Ed25519 key pair to sign bundles (OUT.key private, OUT.pub public)")
+    p.add_argument("--out", required=True, help="path prefix of the key files")
+    p.add_argument("--force", action="store_true", help="replace an existing key pair")
+    p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser("sign", help="sign an existing bundle (writes manifest.sig; other files untouched)")
+    p.add_argument("bundle")
+    p.add_argument("--key", required=True, help="Ed25519 private key (`cogenesis keygen`)")
+    p.set_defaults(func=cmd_sign)
 
     p = sub.add_parser("run", help="generate on-device from a bundle (optionally with your private context)")
     p.add_argument("--bundle", required=True)

@@ -382,7 +382,10 @@ def _score(rows: list[Row], records: list[TaskRecord], embed: bool, judge_url: s
     from cogenesis.judge import Judge, JudgeError
 
     judge = Judge(judge_url, model=judge_model, cache_dir=judge_cache, max_tokens=judge_max_tokens)
-    todo = [r for r in rows if not r.error]
+    # record by record, then system: each aspect's prompt (instruction + the record's context + question) is the
+    # same up to the answer, so a server with prefix caching (vLLM, llama-server slots) prefills it once
+    order = {r.tid: i for i, r in enumerate(records)}
+    todo = sorted((r for r in rows if not r.error), key=lambda r: order[r.tid])
     bar = tqdm(total=len(todo) * len(JUDGE_KEYS), desc="judge", unit="rating", disable=not progress)
     try:
         for row in todo:

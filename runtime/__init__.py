@@ -12,9 +12,12 @@ from .generate import GenerationResult, GenerationStats
 from .sampling import Sampler, SamplingConfig
 
 
-def load(bundle, threads: int | None = None, verify: bool = True) -> EdgeModel:
-    """Load and verify a bundle directory."""
-    return EdgeModel(bundle, threads=threads, verify=verify)
+def load(bundle, threads: int | None = None, verify: bool = True, trusted_keys=None) -> EdgeModel:
+    """Load and verify a bundle directory.
+
+    `trusted_keys`: Ed25519 public keys (PEM paths or bytes); the bundle must carry a manifest.sig that one of
+    them verifies, checked before any file of the bundle is opened (see cogenesis.bundle_signing)."""
+    return EdgeModel(bundle, threads=threads, verify=verify, trusted_keys=trusted_keys)
 
 
 __all__ = ["load", "EdgeModel", "BundleError", "GenerationResult", "GenerationStats", "Sampler", "SamplingConfig"]

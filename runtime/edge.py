@@ -29,9 +29,9 @@ def _open_session(path: Path, threads: int | None, lib: str | None):
 
 
 class EdgeModel:
-    def __init__(self, bundle: str | Path, threads: int | None = None, verify: bool = True):
+    def __init__(self, bundle: str | Path, threads: int | None = None, verify: bool = True, trusted_keys=None):
         self.path = Path(bundle)
-        self.manifest = read_manifest(self.path)
+        self.manifest = read_manifest(self.path, trusted_keys=trusted_keys)
         if verify:
             verify_bundle(self.path, self.manifest)
         m = self.manifest

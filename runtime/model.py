@@ -76,6 +76,21 @@ class Decoder:
     def length(self) -> int:
         return len(self.tokens)
 
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes the KV cache holds now (fp32 keys and values of every layer)."""
+        return self.kv_bytes_for(self._capacity if self.shared else self.length)
+
+    def kv_bytes_for(self, tokens: int) -> int:
+        return 2 * self.kv.num_layers * self.kv.num_kv_heads * self.kv.head_dim * 4 * tokens
+
+    def capacity_for(self, tokens: int, fresh: bool = False) -> int:
+        """Token slots the cache holds after growing to `tokens` (shared buffers grow by powers of two);
+        `fresh`: for a new decoder of the same model, not this one."""
+        if not self.shared:
+            return tokens
+        return max(0 if fresh else self._capacity, self._initial_capacity, 1 << (max(tokens, 1) - 1).bit_length())
+
     def _grow(self, need: int) -> None:
         cap = max(self._initial_capacity, 1 << (max(need, 1) - 1).bit_length())
         shape = (1, self.kv.num_kv_heads, cap, self.kv.head_dim)

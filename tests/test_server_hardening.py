@@ -114,4 +114,6 @@ def test_bad_seed_is_a_400_naming_the_field(server, seed):
     body = json.dumps({"model": server.state.model_name, "prompt": "Hello", "max_tokens": 1, "seed": seed,
                        "temperature": 0.7}).encode()
     status, data, _ = _raw(server.url, _post(len(body)), body)
-    assert status == 400 and b"'seed' must be an integer" in data, data[-200:]
+    assert status == 400, data[-300:]
+    err = json.loads(data.split(b"\r\n\r\n", 1)[1])["error"]
+    assert err["param"] == "seed" and err["message"].startswith("'seed': "), err
