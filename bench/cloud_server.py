@@ -51,10 +51,11 @@ def _free_port() -> int:
     return port
 
 
-def start_server(bundle: Path, threads: int, max_sessions: int) -> tuple[subprocess.Popen, str]:
+def start_server(bundle: Path, threads: int, max_sessions: int, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     cmd = [sys.executable, "-m", "cogenesis.cloud_bridge.server", "--model", str(bundle), "--port", str(port),
-           "--api-key", KEY, "--threads", str(threads), "--max-sessions", str(max_sessions), "--log-level", "warning"]
+           "--api-key", KEY, "--threads", str(threads), "--max-sessions", str(max_sessions), "--log-level", "warning",
+           *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120

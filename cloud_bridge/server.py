@@ -77,6 +77,7 @@ from .server_protocol import (
     CompletionRequest,
     DetokenizeRequest,
     GenerationRequest,
+    RESPONSE_FORMATS,
     TokenizeRequest,
     ValidationError,
     describe,
@@ -87,7 +88,6 @@ M = TypeVar("M", bound=BaseModel)
 log = logging.getLogger("cogenesis.cloud.server")
 
 EXTENSIONS = ("prompt_logprobs_start", "session_prefix_cache")
-RESPONSE_FORMATS = ("text", "json_object", "json_schema")
 SESSION_HEADER = "x-session-id"
 _OPEN_PATHS = {"/health"}
 

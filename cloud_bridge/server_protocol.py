@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError,
+                      model_validator)
 
 MAX_SEED = 2**63 - 1
 MAX_STOP = 8
+RESPONSE_FORMATS = ("text", "json_object", "json_schema")
 
 Number = Annotated[float, Field(strict=True)]  # strict float still accepts JSON integers; rejects bools/strings
 TokenIds = Annotated[list[Annotated[StrictInt, Field(ge=0)]], Field(min_length=1)]
@@ -37,10 +39,34 @@ class JsonSchemaSpec(BaseModel):
 
 
 class ResponseFormat(BaseModel):
+    """`response_format`: the shape is checked before pydantic's own errors, so a 400 says what to send instead
+    ("type 'xml' is not supported; use 'text', 'json_object', 'json_schema'") rather than a union error."""
+
     model_config = ConfigDict(extra="allow")
 
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shape(cls, rf: Any) -> Any:
+        kinds = ", ".join(f"'{k}'" for k in RESPONSE_FORMATS)
+        if not isinstance(rf, dict) or not isinstance(rf.get("type"), str):
+            raise ValueError(f"'response_format' must be an object with a 'type' ({kinds}), got {rf!r:.200}")
+        if rf["type"] not in RESPONSE_FORMATS:
+            raise ValueError(f"response_format type {rf['type']!r:.100} is not supported; use {kinds}")
+        if rf["type"] != "json_schema":
+            return rf
+        js = rf.get("json_schema")
+        if not isinstance(js, dict):
+            raise ValueError("response_format 'json_schema' needs a 'json_schema' object: "
+                             '{"name": "...", "schema": {...JSON Schema...}}')
+        if not isinstance(js.get("name"), str) or not js["name"]:
+            raise ValueError("response_format.json_schema.name must be a non-empty string")
+        if not isinstance(js.get("schema"), dict):
+            raise ValueError(f"response_format.json_schema.schema must be a JSON Schema object, "
+                             f"got {js.get('schema')!r:.200}")
+        return rf
 
     def schema_or_none(self) -> dict | None:
         """The JSON schema to enforce (None: free text)."""
@@ -48,8 +74,7 @@ class ResponseFormat(BaseModel):
             return None
         if self.type == "json_object":
             return {"type": "object"}
-        if self.json_schema is None:
-            raise ValueError('type "json_schema" needs a "json_schema" object: {"name": "...", "schema": {...}}')
+        assert self.json_schema is not None  # _shape guarantees it
         return self.json_schema.schema_
 
 
@@ -148,6 +173,8 @@ def describe(e: ValidationError) -> tuple[str, str | None]:
     loc = [str(x) for x in err.get("loc", ()) if not str(x).startswith(("function-", "union["))]
     # unions report one error per branch; the field path is what a user needs
     field = ".".join(x for x in loc if not x.startswith(("list[", "str", "int", "constrained-", "literal[")))
+    if err.get("type") == "value_error":  # our own validators already say what to send
+        return str(err.get("ctx", {}).get("error", err.get("msg"))), (loc[0] if loc else None)
     got = err.get("input")
     got_s = repr(got)[:80] if not isinstance(got, dict) else "an object"
     msg = f"'{field or 'body'}': {err.get('msg', 'invalid value')} (got {got_s})"

@@ -498,7 +498,7 @@ def _markdown(config: dict, aggregates: dict[str, dict], skipped: dict[str, str]
 
 
 def _plot(aggregates: dict[str, dict], path: Path) -> tuple[Path | None, str | None]:
-    """Quality (judge overall, else ROUGE-L) against leakage, one point per system."""
+    """Quality (judge overall, else ROUGE-L) against leakage and against bytes sent, one point per system."""
     try:
         import matplotlib
 
@@ -508,18 +508,22 @@ def _plot(aggregates: dict[str, dict], path: Path) -> tuple[Path | None, str | N
         return None, f"plot not drawn: matplotlib is not installed ({e})"
     use_judge = any(not math.isnan(a.get("judge_overall", math.nan)) for a in aggregates.values())
     key, label = ("judge_overall", "judge overall (1-10)") if use_judge else ("rougeL", "ROUGE-L F1")
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for s, a in aggregates.items():
-        x, y = a["leakage"], a[key]
-        if math.isnan(x) or math.isnan(y):
-            continue
-        ax.scatter([x], [y], s=40)
-        ax.annotate(s, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    ax.set_xlabel("privacy leakage (fraction of private facts sent to the cloud)")
-    ax.set_ylabel(label)
-    ax.set_xlim(-0.05, 1.05)
-    ax.set_title("quality vs. privacy leakage")
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=120, sharey=True)
+    panels = (("leakage", "privacy leakage (fraction of private facts sent)", "quality vs. privacy leakage"),
+              ("bytes_per_answer", "bytes sent to the cloud per answer (symlog)", "quality vs. bytes sent"))
+    for ax, (xkey, xlabel, title) in zip(axes, panels, strict=True):
+        for s, a in aggregates.items():
+            x, y = a[xkey], a[key]
+            if math.isnan(x) or math.isnan(y):
+                continue
+            ax.scatter([x], [y], s=40)
+            ax.annotate(s, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.set_xlabel(xlabel)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(label)
+    axes[0].set_xlim(-0.05, 1.05)
+    axes[1].set_xscale("symlog", linthresh=100)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -48,6 +48,8 @@ class Fixture:
     flaky_first_try: bool = True  # some prompts get a bad first answer, then a good one
     down_after: int | None = None  # answer 503 once this many requests were served
     same_names_in_group: bool = False  # profile names collide within a group until told "duplicate"
+    one_title_per_reply: bool = False  # each tasks reply repeats one title (a new one per try), as a 135M model does
+    tasks_tries: Counter = field(default_factory=Counter)
     requests: int = 0
     by_step: Counter = field(default_factory=Counter)
     retries_seen: int = 0
@@ -128,6 +130,12 @@ class Fixture:
     def _tasks(self, prompt: str) -> str:
         name = re.search(r"^Name: (.+)$", prompt, re.M).group(1)
         n = int(re.search(r"Write (\d+) different writing tasks", prompt).group(1))
+        if self.one_title_per_reply:
+            with self.lock:
+                self.tasks_tries[name] += 1
+                k = self.tasks_tries[name]
+            same = {"title": f"Write piece {k} for {name}", "description": f"The text asked for on try {k}."}
+            return json.dumps({"tasks": [same] * n})
         tasks = [
             {"title": f"Write piece {i} for {name}", "description": f"A text number {i} about life."}
             for i in range(n)
@@ -276,6 +284,21 @@ def test_duplicates_are_retried_not_kept(server, tmp_path):
     assert res.complete and len(res.records) == 8
     names = [json.loads(x)["profile"]["Name"] for x in (tmp_path / "profiles.jsonl").read_text().splitlines()]
     assert len(names) == len(set(names)) == 4
+    assert_clean_checkpoints(tmp_path)
+
+
+def test_tasks_are_pooled_across_tries(server, tmp_path):
+    """A generator that repeats one title per reply still yields distinct tasks: each try adds one."""
+    url, fx = server
+    fx.one_title_per_reply, fx.flaky_first_try = True, False
+    res = synthesize(tmp_path, url, "m", **{**SMALL, "max_attempts": 6})
+    assert res.complete and res.counts == FULL and not res.failures["tasks"]
+    rows = [json.loads(x) for x in (tmp_path / "tasks.jsonl").read_text().splitlines()]
+    assert len(rows) == 4
+    for r in rows:
+        titles = [t["title"] for t in r["tasks"]]
+        # 4 needed (2 tasks + 2 history): the 4th try completes the unit
+        assert [int(re.search(r"piece (\d+)", t).group(1)) for t in titles] == [1, 2, 3, 4]
     assert_clean_checkpoints(tmp_path)
 
 

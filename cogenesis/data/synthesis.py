@@ -888,16 +888,21 @@ def _dedup_tasks(tasks: Iterable[WritingTask]) -> list[dict[str, str]]:
 
 
 def _task_units(n_needed: int, n_total: int, profiles: JsonlStore, structured: bool = False) -> list[_Unit]:
+    """One unit per profile. The distinct tasks of every attempt are pooled: a small generator often repeats the
+    first title inside one reply ("Eloquent", "Eloquent"), and the next attempt brings another one."""
     units = []
     for p in sorted(profiles.values(), key=lambda r: (r["group_id"], r["user_id"])):
+        pool: list[WritingTask] = []
 
-        def check(obj: TaskList) -> None:
-            got = len(_dedup_tasks(obj.tasks))
-            if got < n_needed:
-                raise ValueError(f"need at least {n_needed} distinct tasks, got {got}")
+        def check(obj: TaskList, pool: list[WritingTask] = pool) -> None:
+            pool.extend(obj.tasks)
+            got = _dedup_tasks(pool)
+            if len(got) < n_needed:
+                raise ValueError(f"need at least {n_needed} distinct tasks, got {len(got)}; "
+                                 "give tasks with other titles")
 
-        def make(obj: TaskList, p: dict[str, Any] = p) -> dict[str, Any]:
-            tasks = _dedup_tasks(obj.tasks)[:n_total]
+        def make(obj: TaskList, p: dict[str, Any] = p, pool: list[WritingTask] = pool) -> dict[str, Any]:
+            tasks = _dedup_tasks(pool or obj.tasks)[:n_total]
             return {
                 "dedup": normalize_key(" | ".join(t["title"] for t in tasks)),
                 "group_id": p["group_id"],
