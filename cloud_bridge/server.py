@@ -73,11 +73,11 @@ from .server_engine import (
     TopLogprobs,
 )
 from .server_protocol import (
+    RESPONSE_FORMATS,
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
     GenerationRequest,
-    RESPONSE_FORMATS,
     TokenizeRequest,
     ValidationError,
     describe,
