@@ -10,7 +10,10 @@ seen) and its own session, and loops over one of three kinds of traffic, a third
   growing by the block.
 A client whose prefix reaches 1,500 tokens starts a new session. Counted: requests, answers by status, errors
 other than the documented 429/503 (anything else fails the run), latency p50/p99 per kind, and the server
-process's resident memory sampled every 100 ms (peak vs its idle RSS + the configured KV budget).
+process's resident memory sampled every 100 ms. The same traffic runs twice: with the KV budget and without
+(`--kv-budget-mb 0`), so the table shows what the budget bounds. The budget covers KV caches only; each running
+forward also holds transient logits (up to PREFILL_CHUNK rows x vocab x 4 B, and a log-softmax copy of them), so
+the pass bound is idle RSS + KV budget + max_parallel x 2 x PREFILL_CHUNK x vocab x 4 B.
 Writes bench/results/server_load.json and .md.
 """
 
@@ -86,7 +89,7 @@ def client_loop(url: str, ids: list[int], kind: str, i: int, stop: threading.Eve
         except CloudError as e:
             stats.fail(kind, e)
             if getattr(e, "status", None) in DOCUMENTED:
-                time.sleep(0.5)  # what Retry-After asks for, roughly
+                time.sleep(getattr(e, "retry_after", None) or 1.0)  # as Retry-After asks
             continue
         stats.ok(kind, time.perf_counter() - t0)
         if n >= MAX_PREFIX:
@@ -94,9 +97,20 @@ def client_loop(url: str, ids: list[int], kind: str, i: int, stop: threading.Eve
     c.close()
 
 
+MAX_PARALLEL = 2
+
+
+def transient_mb(bundle: Path) -> float:
+    """Logits a running forward holds beyond the KV cache: PREFILL_CHUNK rows x vocab, fp32, plus one copy."""
+    from cogenesis.cloud_bridge.server_engine import PREFILL_CHUNK
+
+    vocab = json.loads((bundle / "manifest.json").read_text())["model"]["vocab_size"]
+    return MAX_PARALLEL * 2 * PREFILL_CHUNK * vocab * 4 / 2**20
+
+
 def run(bundle: Path, clients: int, seconds: float, kv_budget_mb: float, threads: int) -> dict:
     proc, url = start_server(bundle, threads, max_sessions=clients,
-                             extra=("--kv-budget-mb", str(kv_budget_mb), "--max-parallel", "2"))
+                             extra=("--kv-budget-mb", str(kv_budget_mb), "--max-parallel", str(MAX_PARALLEL)))
     try:
         import cogenesis.runtime as rt
 
@@ -131,54 +145,78 @@ def run(bundle: Path, clients: int, seconds: float, kv_budget_mb: float, threads
     return {"clients": clients, "seconds": seconds, "wall_s": wall, "kv_budget_mb": kv_budget_mb,
             "server_threads": threads, "requests": sum(stats.status.values()), "status": dict(stats.status),
             "errors": len(stats.errors), "error_examples": stats.errors[:5], "latency": lat,
-            "rss_idle_mb": idle, "rss_peak_mb": peak[0], "rss_limit_mb": idle + kv_budget_mb,
+            "rss_idle_mb": idle, "rss_peak_mb": peak[0], "transient_mb": transient_mb(bundle),
+            "rss_limit_mb": idle + kv_budget_mb + transient_mb(bundle) if kv_budget_mb else None,
             "server_alive_after": alive}
 
 
-def markdown(r: dict, bundle: Path) -> str:
-    ok = r["errors"] == 0 and r["server_alive_after"] and r["rss_peak_mb"] <= r["rss_limit_mb"]
+def _ok(r: dict) -> bool:
+    return r["errors"] == 0 and r["server_alive_after"] and (r["rss_limit_mb"] is None or
+                                                                 r["rss_peak_mb"] <= r["rss_limit_mb"])
+
+
+def markdown(runs: list[dict], bundle: Path) -> str:
+    r = runs[0]
     lines = [
         "# Reference cloud server under load (`bench/server_load.py`)", "",
-        f"{r['clients']} concurrent clients (threads, one `CloudClient` and session each, retries off) x "
-        f"{r['seconds']:.0f} s of mixed traffic on 127.0.0.1, bundle `{bundle.name}`, server `--threads "
-        f"{r['server_threads']} --max-parallel 2 --kv-budget-mb {r['kv_budget_mb']:.0f}`. "
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores; clients and server share them.", "",
-        f"**Result: {'PASS' if ok else 'FAIL'}** — {r['requests']} requests, {r['errors']} errors other than the "
-        f"documented 429/503, server alive after: {r['server_alive_after']}, peak RSS {r['rss_peak_mb']:.0f} MiB "
-        f"(idle {r['rss_idle_mb']:.0f} MiB + KV budget {r['kv_budget_mb']:.0f} MiB = limit "
-        f"{r['rss_limit_mb']:.0f} MiB).", "",
-        "| traffic | answered (200) | p50 s | p99 s | mean s |", "|---|---|---|---|---|"]
-    for k, v in r["latency"].items():
-        lines.append(f"| {k} | {v['n']} | {v['p50_s']:.2f} | {v['p99_s']:.2f} | {v['mean_s']:.2f} |")
-    lines += ["", "Answers by status: " + ", ".join(f"{k}: {v}" for k, v in sorted(r["status"].items())), ""]
-    if r["error_examples"]:
-        lines += ["Errors:", *[f"- {e}" for e in r["error_examples"]], ""]
+        f"{r['clients']} concurrent clients (threads, one `CloudClient` and session each, retries off, each waits "
+        f"what Retry-After says after a 429/503) x {r['seconds']:.0f} s of mixed traffic on 127.0.0.1, bundle "
+        f"`{bundle.name}`, server `--threads {r['server_threads']} --max-parallel {MAX_PARALLEL}`. "
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores; clients and server share them. "
+        "The same traffic with the KV budget and without it.", "",
+        "| KV budget | result | requests | 200 | 503 | other errors | server alive | idle RSS MiB | peak RSS MiB "
+        "| bound MiB (idle + budget + transient logits) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for x in runs:
+        n200 = sum(v for k, v in x["status"].items() if k.endswith(" 200"))
+        n503 = sum(v for k, v in x["status"].items() if k.endswith(" 503"))
+        bound = (f"{x['rss_limit_mb']:.0f} = {x['rss_idle_mb']:.0f} + {x['kv_budget_mb']:.0f} + "
+                 f"{x['transient_mb']:.0f}") if x["rss_limit_mb"] else "none"
+        budget = f"{x['kv_budget_mb']:.0f} MiB" if x["kv_budget_mb"] else "off"
+        lines.append(f"| {budget} | {'PASS' if _ok(x) else 'FAIL'} | {x['requests']} | {n200} | {n503} | "
+                     f"{x['errors']} | {x['server_alive_after']} | {x['rss_idle_mb']:.0f} | {x['rss_peak_mb']:.0f} "
+                     f"| {bound} |")
+    for x in runs:
+        budget = f"{x['kv_budget_mb']:.0f} MiB" if x["kv_budget_mb"] else "off"
+        lines += ["", f"Latency of answered requests, KV budget {budget}:", "",
+                  "| traffic | answered (200) | p50 s | p99 s | mean s |", "|---|---|---|---|---|"]
+        for k, v in x["latency"].items():
+            lines.append(f"| {k} | {v['n']} | {v['p50_s']:.2f} | {v['p99_s']:.2f} | {v['mean_s']:.2f} |")
+        lines += ["", "Answers by status: " + ", ".join(f"{k}: {v}" for k, v in sorted(x["status"].items()))]
+        if x["error_examples"]:
+            lines += ["", "Errors:", *[f"- {e}" for e in x["error_examples"]]]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--bundle", default=None, help="bundle to serve (default: the tests' cached int4 bundle)")
+    p.add_argument("--bundle", default=None, help="bundle to serve (default: make demo's or the tests' int4 bundle)")
     p.add_argument("--clients", type=int, default=64)
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--kv-budget-mb", type=float, default=256.0)
+    p.add_argument("--no-compare", action="store_true", help="skip the run without a KV budget")
     p.add_argument("--threads", type=int, default=2, help="server onnxruntime threads")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     a = p.parse_args(argv)
     if a.bundle is None:
-        cands = sorted((ROOT / ".cache" / "test-bundles").glob("smollm2-int4-*"), key=lambda q: q.stat().st_mtime)
+        cands = [ROOT / "artifacts" / "bundles" / "smollm2-int4"]
+        cands += sorted((ROOT / ".cache" / "test-bundles").glob("smollm2-int4-*"), key=lambda q: q.stat().st_mtime)
+        cands = [c for c in cands if (c / "manifest.json").exists()]
         if not cands:
             p.error("no bundle: pass --bundle DIR (make one with `cogenesis export --quant int4 --out DIR`)")
-        a.bundle = str(cands[-1])
+        a.bundle = str(cands[0])
     bundle = Path(a.bundle)
-    r = run(bundle, a.clients, a.seconds, a.kv_budget_mb, a.threads)
+    budgets = [a.kv_budget_mb] + ([] if a.no_compare or not a.kv_budget_mb else [0.0])
+    runs = [run(bundle, a.clients, a.seconds, b, a.threads) for b in budgets]
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "server_load.json").write_text(json.dumps({"bundle": str(bundle.name), **r}, indent=2) + "\n")
-    md = markdown(r, bundle)
-    (out / "server_load.md").write_text(md)
+    md = markdown(runs, bundle)
+    for name, text in (("server_load.json", json.dumps({"bundle": bundle.name, "runs": runs}, indent=2) + "\n"),
+                       ("server_load.md", md)):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(out / name)
     print(md)
-    return 0 if r["errors"] == 0 and r["server_alive_after"] else 1
+    return 0 if all(_ok(r) for r in runs) else 1
 
 
 if __name__ == "__main__":

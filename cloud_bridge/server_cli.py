@@ -32,7 +32,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-parallel", type=int, default=2, help="model runs at the same time")
     p.add_argument("--kv-budget-mb", type=float, default=1024.0,
                    help="KV cache of kept sessions + running requests; idle sessions are evicted to stay under it, "
-                        "beyond it requests get 503 + Retry-After (0: no limit)")
+                        "beyond it requests wait --admit-wait-s, then get 503 + Retry-After (0: no limit)")
+    p.add_argument("--admit-wait-s", type=float, default=10.0,
+                   help="how long a request waits for the KV budget before 503 (0: answer 503 at once)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413")
     p.add_argument("--body-timeout-s", type=float, default=30.0,
                    help="a request body must arrive within this many seconds (else 408)")
@@ -49,7 +51,7 @@ def serve_from_args(a: argparse.Namespace) -> None:
     serve(a.model, host=a.host, port=a.port, api_key=a.api_key, allow_unauthenticated=a.allow_unauthenticated,
           simulate_rtt_ms=a.simulate_rtt_ms, fault=a.fault, log_level=a.log_level, threads=a.threads,
           fault_count=a.fault_count, stall_s=a.stall_s, capture=a.capture, max_sessions=a.max_sessions,
-          max_parallel=a.max_parallel, kv_budget_mb=a.kv_budget_mb or None, max_body_bytes=a.max_body_bytes, body_timeout_s=a.body_timeout_s,
+          max_parallel=a.max_parallel, kv_budget_mb=a.kv_budget_mb or None, admit_wait_s=a.admit_wait_s, max_body_bytes=a.max_body_bytes, body_timeout_s=a.body_timeout_s,
           max_tokens=a.max_tokens,
           max_logprobs=a.max_logprobs, served_model_name=a.served_model_name)
 

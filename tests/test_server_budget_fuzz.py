@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 import requests
@@ -37,7 +38,8 @@ def _held_by_decoders(app) -> int:
 @pytest.fixture(scope="module")
 def budget_server(int4_model):
     # 30 MiB: one session of 512 token slots (22.5 MiB) fits, two do not
-    app = create_app(int4_model, api_key=KEY, kv_budget_mb=30, max_sessions=16)
+    # admit_wait_s 0.5: far shorter than the 400-token stream below, so the waiting request gets its 503
+    app = create_app(int4_model, api_key=KEY, kv_budget_mb=30, max_sessions=16, admit_wait_s=0.5)
     with serve_in_thread(app) as srv:
         yield srv
 
@@ -84,6 +86,33 @@ def test_budget_held_by_a_running_request_gives_503_with_retry_after(budget_serv
     assert r.headers.get("Retry-After") == "1" and "retry" in r.json()["error"]["message"]
     r = _complete(budget_server, "second")  # the stream ended: its memory is free again
     assert r.status_code == 200, r.text
+
+
+def test_a_request_waits_for_the_budget_instead_of_503(budget_server):
+    """With a longer admit wait, the second request is queued until the stream frees the memory, then answered."""
+    settings_ = budget_server.app.state.cogenesis.settings
+    settings_.admit_wait_s = 120.0
+    try:
+        started, peak, out = threading.Event(), [0], {}
+
+        def long_stream():
+            with _complete(budget_server, "runner2", max_tokens=300, stream=True) as r:
+                for _ in r.iter_lines():
+                    started.set()
+                    peak[0] = max(peak[0], _held_by_decoders(budget_server.app))
+            out["stream_end"] = time.monotonic()
+
+        t = threading.Thread(target=long_stream)
+        t.start()
+        assert started.wait(60), "the stream never started"
+        r = _complete(budget_server, "waiter")
+        out["answered"] = time.monotonic()
+        t.join(120)
+    finally:
+        settings_.admit_wait_s = 0.5
+    assert r.status_code == 200, r.text
+    assert out["answered"] >= out["stream_end"] - 0.5  # it ran after the stream let go, not beside it
+    assert peak[0] <= 30 * 2**20
 
 
 # ---- fuzz ---------------------------------------------------------------------------------------------------------
