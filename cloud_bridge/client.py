@@ -396,6 +396,35 @@ class CloudClient:
         out.append(_token_id_keys(tops[0], k, url))
         return out
 
+    def top_logprobs(self, prefix_text: str, k: int = 20) -> dict[str, float]:
+        """The cloud's top-k next tokens after `prefix_text`, keyed by their text (any OpenAI-compatible server,
+        any tokenizer): the string-keyed view `cogenesis.cogen_logits.MappedCloud` maps onto the device's
+        vocabulary. One POST /v1/completions, max_tokens=1, logprobs=k; the text passes the guard like any body.
+        Reads the completions format (`top_logprobs: [{text: lp}]`, vLLM, OpenAI, our server) and the chat-style
+        one (`content: [{top_logprobs: [{token, logprob}]}]`, llama.cpp's llama-server)."""
+        url = self.base_url + "/v1/completions"
+        data = self._post("/v1/completions", {"prompt": prefix_text, "max_tokens": 1, "temperature": 0,
+                                              "logprobs": k, "ignore_eos": True})
+        lps = _choice(data, url).get("logprobs")
+        tops = lps.get("top_logprobs") if isinstance(lps, dict) else None
+        if isinstance(tops, list) and tops and isinstance(tops[0], dict):
+            pairs = list(tops[0].items())
+        else:
+            content = lps.get("content") if isinstance(lps, dict) else None
+            first = content[0] if isinstance(content, list) and content and isinstance(content[0], dict) else {}
+            cands = first.get("top_logprobs")
+            if not isinstance(cands, list) or not cands:
+                raise CloudProtocolError("the answer has no top_logprobs for the next token", url, 200,
+                                         "the server must support 'logprobs' on /v1/completions")
+            pairs = [(c.get("token"), c.get("logprob")) for c in cands if isinstance(c, dict)]
+        out: dict[str, float] = {}
+        for tok, lp in pairs:
+            if not isinstance(tok, str):
+                raise CloudProtocolError(f"top_logprobs token {tok!r} is not a string", url, 200, "check the server")
+            v = _finite(lp, url)
+            out[tok] = max(v, out.get(tok, -math.inf))
+        return dict(sorted(out.items(), key=lambda kv: -kv[1])[:k])
+
     def close(self) -> None:
         self.http.close()
 

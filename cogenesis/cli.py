@@ -182,8 +182,7 @@ def cmd_info(a) -> int:
         par = (f"top-1 {kp['teacher_forced_top1']:.4f}, greedy identical {kp['greedy_identical_prompts']}/{kp['prompts']}"
                if "teacher_forced_top1" in kp else kp.get("skipped", "no parity recorded"))
         try:
-            used = "used: library built" if kernels.library() else (
-                "not used: COGENESIS_KERNELS=0" if kernels.mode() == "off" else "not used: run `cogenesis kernels build`")
+            used = kernels.usage()[1]
         except kernels.KernelError:  # COGENESIS_KERNELS=1 and no library: loading this bundle would fail
             used = "REQUIRED but not built: run `cogenesis kernels build`"
         ops = ", ".join(f"{n} x {op}" for op, n in kg.get("ops", {}).items())

@@ -635,7 +635,23 @@ def placeholder_ids(tokenizer, placeholders: Iterable[str]) -> set[int]:
 
 
 OPTION_KEYS = ("rule", "schedule", "k", "weight", "stop_on_flag", "draft_k", "draft_k_max", "adapt_k",
-               "prefix_policy", "cloud_deadline_s")
+               "prefix_policy", "cloud_deadline_s", "cross_tokenizer", "min_clean")
+
+
+def fusion_cloud(client, model, cross_tokenizer: bool = False, min_clean: float = 0.8):
+    """The cloud the fusion talks to: the client itself when it serves the device's vocabulary (token ids, one
+    request per block); with another vocabulary and `cross_tokenizer`, a `MappedCloud` over the client's
+    string-keyed top-k (text prefix, one request per position; steps whose top-k maps onto single device tokens
+    for less than `min_clean` of its mass are local-only). Without the flag a mismatch stays an error."""
+    from cogenesis.cloud_bridge.client import VocabularyMismatch
+
+    try:
+        client.check_vocab(model.tokenizer)  # token ids must mean the same tokens on both sides
+        return client
+    except VocabularyMismatch as e:
+        if not cross_tokenizer:
+            raise VocabularyMismatch(f"{e}; or pass --cross-tokenizer to fuse through the tokens' text") from None
+    return MappedCloud(client, model, min_clean=min_clean)
 
 
 def _write_mode(block: bool):
@@ -662,11 +678,12 @@ def _write_mode(block: bool):
             job.emit(sd.push(t))
 
         before = client.requests_sent
-        client.check_vocab(job.model.tokenizer)  # token ids must mean the same tokens on both sides
+        cloud = fusion_cloud(client, job.model, bool(opts.pop("cross_tokenizer", False)),
+                             float(opts.pop("min_clean", 0.8)))
         t0 = time.perf_counter()
         cloud_instruction = job.cloud_instruction()
         res = write_logits(
-            job.instruction, job.context, job.model, client, block=block,
+            job.instruction, job.context, job.model, cloud, block=block,
             local_messages=with_context(job.instruction, job.context, max_tokens=job.context_tokens),
             cloud_messages=without_context(cloud_instruction),
             guard=client.guard, on_token=on_token,
@@ -685,6 +702,8 @@ def _write_mode(block: bool):
             "held_steps": res.held_steps,
             "weights": [st.weight for st in res.steps], "fallback": res.fallback, "stop_reason": res.stop_reason,
         }
+        if isinstance(cloud, MappedCloud):
+            r.extra["fusion"]["cross_tokenizer"] = cloud.report()
         if res.fallback is not None:
             fb = res.fallback
             r.fallback = (f"{fb['reason']} at token {fb['step']}: {fb['error']}; the rest was written locally")

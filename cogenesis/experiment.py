@@ -573,17 +573,23 @@ def add_experiment_parser(sub) -> None:
     p.add_argument("--no-embed", action="store_true", help="skip the MiniLM embedding similarity")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime threads of the on-device model")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rule", default=None, choices=["learned", "mean", "max", "weight", "local", "cloud"],
+                   help="logits systems: the fusion rule (default learned)")
+    p.add_argument("--cross-tokenizer", action="store_true",
+                   help="logits systems with a cloud of another vocabulary: fuse through the tokens' text")
     p.set_defaults(func=cmd_experiment)
 
 
 def cmd_experiment(a) -> int:
     systems = [s.strip() for s in a.systems.split(",") if s.strip()]
+    logits_opts = {k: v for k, v in {"rule": a.rule, "cross_tokenizer": a.cross_tokenizer or None}.items() if v}
     r = run_experiment(a.data, systems=systems, limit=a.limit, bundle=a.bundle, cloud_url=a.cloud_url,
                        out_dir=a.out, judge_url=a.judge_url, judge_model=a.judge_model,
                        judge_max_tokens=a.judge_max_tokens, api_key=a.api_key, max_new_tokens=a.max_tokens,
                        cloud_max_tokens=a.cloud_max_tokens, temperature=a.temperature,
                        repetition_penalty=a.repetition_penalty, guard_mode=a.guard_mode, canaries=not a.no_canaries,
-                       embed=not a.no_embed, threads=a.threads, seed=a.seed)
+                       embed=not a.no_embed, threads=a.threads, seed=a.seed,
+                       write_options={s: dict(logits_opts) for s in ("logits", "logits-block")} if logits_opts else None)
     print(r.report.read_text(encoding="utf-8"))
     print(f"written: {r.report}, {r.results}" + (f", {r.plot}" if r.plot else ""))
     return 0

@@ -271,6 +271,9 @@ def add_write_arguments(p) -> None:
     p.add_argument("--prefix-policy", default=None, choices=["stop", "redact"],
                    help="logits modes: at the reply's first private term, stop asking the cloud (default) or go on "
                         "with the term replaced by a placeholder")
+    p.add_argument("--cross-tokenizer", action="store_true",
+                   help="logits modes with a cloud of another vocabulary: fuse through the tokens' text (its top-k "
+                        "mapped onto the device's tokens) instead of refusing")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
     p.add_argument("--json", action="store_true", help="print the whole result as JSON instead of streaming text")
 
@@ -295,7 +298,7 @@ def write_from_args(a) -> int:
         from cogenesis.fusion import Schedule
 
         opts = {k: v for k, v in {"rule": a.rule, "draft_k": a.draft_k if a.mode == "logits-block" else None,
-                                  "prefix_policy": a.prefix_policy,
+                                  "prefix_policy": a.prefix_policy, "cross_tokenizer": a.cross_tokenizer or None,
                                   "schedule": Schedule.parse(a.schedule) if a.schedule else None}.items()
                 if v is not None}
     cb = None if a.json else (lambda s: print(s, end="", flush=True))

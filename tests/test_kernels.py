@@ -4,6 +4,7 @@ the runtime picks the kernel graph of an int4 bundle (or falls back to the porta
 from __future__ import annotations
 
 import json
+import platform
 import shutil
 
 import cogenesis.runtime as rt
@@ -152,6 +153,7 @@ def test_int4_bundle_carries_a_kernel_graph_with_exact_parity(int4_bundle):
 
 
 def test_runtime_uses_kernel_graph_and_matches_portable(int4_bundle, fp32_bundle, lib, monkeypatch):
+    monkeypatch.setenv("COGENESIS_KERNELS", "1")  # the exact path, on any CPU (auto picks by `dispatch`)
     fast = rt.load(int4_bundle, threads=1)
     assert fast.graph_file == "model.kernel.onnx" and fast.kernel_library
     ref = rt.load(fp32_bundle, threads=1)  # the dequantized GGUF in fp32: what "exact" means
@@ -185,6 +187,35 @@ def test_required_kernels_missing_is_a_clear_error(int4_bundle, tmp_path, monkey
         rt.load(int4_bundle)
     monkeypatch.setenv("COGENESIS_KERNELS", "")  # auto: falls back to the portable graph without a word
     assert rt.load(int4_bundle).graph_file == "model.onnx"
+
+
+def test_dispatch_rule_table():
+    """Auto mode uses the kernels only where they have a vector path: AVX-512 in the CPU AND in the build."""
+    assert kernels.dispatch({"avx2", "fma", "avx512f"}, {"avx512f"})[0] is True
+    for cpu, lib, says in [({"avx2", "fma"}, set(), "this CPU has no AVX-512"),
+                           ({"avx2", "fma"}, {"avx512f"}, "this CPU has no AVX-512"),  # a fleet build on an AVX2 box
+                           ({"avx2", "avx512f"}, set(), "built without AVX-512"),  # COGENESIS_KERNELS_MARCH=x86-64-v3
+                           ({"fp", "asimd"}, {"neon"}, "this CPU has no AVX-512"),  # arm64: no NEON path yet
+                           (set(), set(), "this CPU has no AVX-512")]:
+        use, why = kernels.dispatch(cpu, lib)
+        assert use is False and says in why and "COGENESIS_KERNELS=1" in why
+
+
+def test_library_features_come_from_the_compiler():
+    x86 = platform.machine() in ("x86_64", "AMD64")
+    with_, without = ("x86-64-v4", "x86-64-v3") if x86 else ("armv8-a", "armv8-a+nosimd")
+    feature = "avx512f" if x86 else "neon"
+    assert feature in kernels.library_features(with_)
+    assert feature not in kernels.library_features(without)
+
+
+def test_auto_mode_follows_the_rule_on_this_cpu(int4_bundle, lib, monkeypatch):
+    """On the running CPU, auto loads the kernel graph exactly when the rule says so (never the slower path)."""
+    monkeypatch.setenv("COGENESIS_KERNELS", "")
+    use, _ = kernels.dispatch(kernels.cpu_features(), kernels.library_features())
+    m = rt.load(int4_bundle, threads=1)
+    assert m.graph_file == ("model.kernel.onnx" if use else "model.onnx")
+    assert (m.kernel_library is not None) == use
 
 
 @pytest.mark.parametrize("setting, built, says", [("1", True, "used: library built"), ("0", True, "not used: COGENESIS_KERNELS=0"),
@@ -260,6 +291,7 @@ def test_march_setting_is_shared_by_build_and_load(monkeypatch):
 
     march = "x86-64-v3" if platform.machine() in ("x86_64", "AMD64") else "armv8-a"
     monkeypatch.setenv("COGENESIS_KERNELS_MARCH", march)
+    monkeypatch.setenv("COGENESIS_KERNELS", "1")  # the lookup, whatever `dispatch` says about this CPU
     assert kernels.target_arch() == march
     built = kernels.build()
     assert f"{march}-" in built.parent.name and kernels.library() == built
@@ -381,9 +413,11 @@ def test_portable_build_matches(portable_lib):
     np.testing.assert_allclose(ok[:, :, :n], rk[:, :, :n], rtol=1e-5, atol=1e-6)
 
 
-def test_kernel_graph_that_fails_to_load_falls_back_with_a_warning(int4_bundle, lib, tmp_path):
+def test_kernel_graph_that_fails_to_load_falls_back_with_a_warning(int4_bundle, lib, tmp_path, monkeypatch):
     """An op our library does not have (a newer export, an older library): warn, run the portable graph."""
     import onnx
+
+    monkeypatch.setattr(kernels, "dispatch", lambda cpu, lib: (True, "as on an AVX-512 CPU"))  # auto picks kernels
 
     b = tmp_path / "b"
     shutil.copytree(int4_bundle, b)

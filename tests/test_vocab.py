@@ -78,3 +78,43 @@ def test_sketch_mode_needs_no_shared_vocabulary(server, int4_model):
     r = write("Write a short note to my team.", PrivateContext(), int4_model, mode="sketch", client=client,
               mode_options={"max_tokens": 8}, max_new_tokens=4)
     assert r.mode_used == "sketch" and r.fallback is None
+
+
+# ---- cross-tokenizer fusion: the cloud's top-k by text, mapped onto the device's tokens ---------------------------
+
+
+def test_string_topk_path_reproduces_token_id_fusion(server, int4_model):
+    """The string path end to end against the real server: on a same-vocabulary cloud, MappedCloud (text prefix ->
+    string-keyed top-k -> device ids) must give the token-id path's reply token for token, with clean mapping."""
+    from cogenesis.cloud_bridge.guard import EgressGuard
+
+    from cogenesis.cogen_logits import MappedCloud, write_logits
+
+    guard = EgressGuard(PrivateContext(), mode="strict", detokenize=int4_model.decode)
+    client = CloudClient(server.url, api_key=KEY, retries=0, guard=guard)
+    args = dict(rule="cloud", max_new_tokens=12)  # the cloud alone decides every token: any mapping error shows
+    direct = write_logits("Write a short note to my team.", PrivateContext(), int4_model, client, **args)
+    mapped_cloud = MappedCloud(client, int4_model)
+    mapped = write_logits("Write a short note to my team.", PrivateContext(), int4_model, mapped_cloud, **args)
+    assert direct.fallback is None and mapped.fallback is None, (direct.fallback, mapped.fallback)
+    assert mapped.tokens == direct.tokens and len(direct.tokens) >= 6
+    rep = mapped_cloud.report()
+    assert rep["steps"] >= len(mapped.tokens) and rep["mean_clean_fraction"] > 0.95, rep
+    assert mapped.fused_steps == direct.fused_steps > 0
+
+
+def test_cross_tokenizer_flag_fuses_through_text_and_says_how_well(server, int4_model):
+    device = copy.copy(int4_model)
+    device.tokenizer = _other_tokenizer()
+    client = CloudClient(server.url, api_key=KEY, retries=0)
+    with pytest.raises(VocabularyMismatch, match="--cross-tokenizer"):
+        write("Write a short note to my team.", PrivateContext(), device, mode="logits", client=client,
+              max_new_tokens=4)
+    before = len(read_capture(server.state.settings.capture))
+    r = write("Write a short note to my team.", PrivateContext(), device, mode="logits", client=client,
+              mode_options={"cross_tokenizer": True}, max_new_tokens=4)
+    sent = [json.loads(x["body"]) for x in read_capture(server.state.settings.capture)[before:]
+            if x["path"] == "/v1/completions"]
+    assert sent and all(isinstance(b["prompt"], str) for b in sent)  # text, never the device's token ids
+    rep = r.extra["fusion"]["cross_tokenizer"]
+    assert rep["steps"] == len(sent) and 0.0 <= rep["mean_clean_fraction"] <= 1.0
