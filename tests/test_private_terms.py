@@ -105,6 +105,18 @@ def test_common_name_part_matches_only_capitalized():
     assert [h.term.key for h in tm.find("ask okafor")] == ["okafor"]
 
 
+def test_a_cued_name_that_is_also_a_common_word_stays_private():
+    """Dev record 3_19_2: "a rescue dog named Melody" while a song of hers has "a melody". The name must match
+    capitalized (it was sent as "The Night I Met Melody"); the common word must not."""
+    from cogenesis.context import WritingSample
+
+    ctx = PrivateContext({"Privacy_info": "Adopted a rescue dog named Melody who travels with her to most events"},
+                         history=[WritingSample("Song", "A melody wrought from tears, now is mine.")])
+    tm = PrivateTerms.from_context(ctx)
+    assert [h.term.key for h in tm.find('Title: "The Night I Met Melody"')] == ["melody"]
+    assert tm.find("a gentle melody for the bridge") == []
+
+
 def test_linear_scan_handles_a_megabyte(guard):
     """Correctness on a 1 MB body (speed is measured in bench/guard_scan.py, never asserted here)."""
     filler = "The committee met to discuss the library budget and the summer reading list. " * 13000
