@@ -61,6 +61,8 @@ bench: $(STAMP) $(BUNDLE)/manifest.json
 	# the llama.cpp row: a prebuilt llama.cpp from npm (node-llama-cpp, nothing compiled); skipped without node/npm
 	@bash bench/llamacpp_setup.sh || echo "llama.cpp not installed: its row will be skipped"
 	$(BIN)/python bench/edge_decode.py
+	# the fair anchor: llama.cpp built natively here (cached), our kernel and portable graphs, the dispatch choice
+	$(BIN)/python bench/cpu_dispatch.py
 
 # the edge install + our kernels on an emulated Raspberry Pi 5 CPU (qemu-user, aarch64); correctness only, ~25 min
 arm-check: $(STAMP) $(BUNDLE)/manifest.json

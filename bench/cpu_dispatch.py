@@ -6,7 +6,8 @@ Rows, interleaved round by round (each ONNX row in its own process, `edge_decode
 * our int4 bundle, kernel graph (`model.kernel.onnx` + our library; the exact path, COGENESIS_KERNELS=1);
 * the same bundle's portable graph (`model.onnx`, onnxruntime's MatMulNBits);
 * llama.cpp `llama-bench`, built here from source with -DGGML_NATIVE=ON (`scripts/build_llama_cpp.sh`), on the same
-  Q4_1 GGUF, flash attention off and on.
+  Q4_1 GGUF, flash attention off and on; and on a Q4_0 copy (`llama-quantize`, its fastest 4-bit format here),
+  flash attention off.
 Metrics: prefill 200 and 1,500 tokens (tok/s), decode after 200 and after 1,500 tokens (tok/s); the best of the
 rounds. The header names the CPU and its features and what `kernels.dispatch` picks here (the default path); the
 ratios are default path / the faster llama.cpp setting. Writes bench/results/cpu_dispatch.json and .md.
@@ -86,6 +87,10 @@ def markdown(r: dict) -> str:
         best = {k: max(rows["llama.cpp fa=0"][k], rows["llama.cpp fa=1"][k]) for k in METRICS}
         lines.append("| **default / best llama.cpp** | " + " | ".join(f"**{rows[default][k] / best[k]:.2f}x**"
                                                                         for k in METRICS) + " |")
+        q = rows.get("llama.cpp Q4_0 fa=0")
+        if q:
+            lines.append("| default / llama.cpp Q4_0 | " + " | ".join(f"{rows[default][k] / q[k]:.2f}x"
+                                                                      for k in METRICS) + " |")
         lines.append("| portable / kernels | " + " | ".join(f"{rows['portable'][k] / rows['kernels'][k]:.2f}x"
                                                              for k in METRICS) + " |")
         lines.append("")
@@ -104,18 +109,29 @@ def main() -> int:
     if not (BUNDLE / "model.kernel.onnx").is_file():
         ap.error(f"{BUNDLE} has no kernel graph: run `make demo` (or cogenesis export --quant int4 --out {BUNDLE})")
     gguf, _ = default_model(install=False)
-    bindir = subprocess.run(["bash", str(ROOT / "scripts" / "build_llama_cpp.sh"), "llama-bench"], check=True,
-                            capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    bindir = subprocess.run(["bash", str(ROOT / "scripts" / "build_llama_cpp.sh"), "llama-bench", "llama-quantize"],
+                            check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
     bench = Path(bindir) / "llama-bench"
+    q4_0 = ROOT / ".cache" / "llama.cpp" / "smollm2-135m-q4_0.gguf"
+    if not q4_0.is_file():  # requantized from the shipped Q4_1 (--allow-requantize): llama.cpp's own Q4_0 row
+        tmp = q4_0.with_suffix(".tmp")
+        subprocess.run([str(Path(bindir) / "llama-quantize"), "--allow-requantize", str(gguf), str(tmp), "Q4_0"],
+                       check=True, capture_output=True)
+        tmp.replace(q4_0)
     res: dict = {"cpu": cpu(), "rounds": a.rounds, "new_tokens": a.new_tokens,
                  "llama_cpp": "from llama-cpp-python " + os.environ.get("LLAMA_CPP_PYTHON_VERSION", "0.3.36"),
                  "threads": {}}
     for t in a.threads:
         runs: dict[str, list[dict]] = {}
         for _ in range(a.rounds):
-            for name, fn, arg in (("kernels", ours, BUNDLE / "model.kernel.onnx"), ("portable", ours, BUNDLE / "model.onnx"),
-                                  ("llama.cpp fa=0", llama, 0), ("llama.cpp fa=1", llama, 1)):
-                got = ours(arg, t, a.new_tokens) if fn is ours else llama(bench, gguf, t, arg, a.new_tokens)
+            for name, fn, arg in (("kernels", ours, BUNDLE / "model.kernel.onnx"),
+                                  ("portable", ours, BUNDLE / "model.onnx"),
+                                  ("llama.cpp fa=0", llama, 0), ("llama.cpp fa=1", llama, 1),
+                                  ("llama.cpp Q4_0 fa=0", llama, 2)):
+                if fn is ours:
+                    got = ours(arg, t, a.new_tokens)
+                else:
+                    got = llama(bench, q4_0 if arg == 2 else gguf, t, arg == 1, a.new_tokens)
                 runs.setdefault(name, []).append(got)
                 print(t, name, runs[name][-1], flush=True)
         res["threads"][str(t)] = {n: {k: max(x[k] for x in xs) for k in METRICS} for n, xs in runs.items()}
