@@ -1,11 +1,6 @@
 #!/usr/bin/env bash
 # The CoGenesis Edge demo on the embedded default model (SmolLM2-135M-Instruct, int4 bundle).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-BIN=.venv/bin
-BUNDLE=artifacts/bundles/smollm2-int4
-PROFILE=examples/demo_profile.json
-INSTRUCTION="${INSTRUCTION:-Write a short post for my followers about why I am taking a break from posting.}"
+source "$(dirname "$0")/demo_env.sh"
 
 echo "== bundle"
 $BIN/cogenesis info "$BUNDLE" | sed -n 1,5p

