@@ -264,7 +264,8 @@ class CloudClient:
         card = self.capabilities()
         remote = (card.get("cogenesis") or {}).get("vocab_fingerprint")
         fix = ("serve a model with the device's tokenizer (the same family, e.g. a larger Qwen2.5 for a Qwen2.5 "
-               "device), or use --mode sketch, which sends text only")
+               "device), or use --mode sketch, which sends text only, or --cross-tokenizer, which fuses through "
+               "the tokens' text")
         if remote is not None:
             how = "fingerprint"
             if remote != local:

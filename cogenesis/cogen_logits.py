@@ -648,9 +648,9 @@ def fusion_cloud(client, model, cross_tokenizer: bool = False, min_clean: float 
     try:
         client.check_vocab(model.tokenizer)  # token ids must mean the same tokens on both sides
         return client
-    except VocabularyMismatch as e:
+    except VocabularyMismatch:
         if not cross_tokenizer:
-            raise VocabularyMismatch(f"{e}; or pass --cross-tokenizer to fuse through the tokens' text") from None
+            raise
     return MappedCloud(client, model, min_clean=min_clean)
 
 

@@ -202,9 +202,10 @@ def library_features(march: str | None = None) -> frozenset[str]:
 def dispatch(cpu: set[str], lib: frozenset[str] | set[str]) -> tuple[bool, str]:
     """Whether auto mode uses the kernels: only where they have a vector path for this CPU.
 
-    Measured (issue 18; SmolLM2-135M int4, 1 thread, decode after 200 tokens): on an AVX-512 Xeon our kernels
-    decode 1.68x llama.cpp; on an AVX2 + FMA EPYC (no AVX-512) they fall back to scalar C++ and decode ~13 tok/s
-    vs ~19 for the portable graph (onnxruntime's MatMulNBits), prefill 65 vs 250. There is no NEON path yet.
+    Measured (SmolLM2-135M int4, 1 thread, bench/results/cpu_dispatch.md): on an AVX-512 Xeon our kernels decode
+    1.6-2.0x the portable graph; on an AVX2 + FMA EPYC (no AVX-512) they fall back to scalar C++: decode after
+    200 tokens 20.8 tok/s vs 33.0 for the portable graph (onnxruntime's MatMulNBits), prefill 80 vs 302.
+    There is no NEON path yet.
     """
     if "avx512f" in cpu and "avx512f" in lib:
         return True, "AVX-512 path"

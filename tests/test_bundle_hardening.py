@@ -265,7 +265,8 @@ def _mount_tmpfs_and_run(mount_dir: Path, size: str, code: str) -> subprocess.Co
         if "RESULT" in r.stdout or not r.stderr.startswith(("unshare:", "mount:")):
             return r
         errors.append(r.stderr.strip()[:200])
-    pytest.skip(f"this machine cannot mount a tmpfs in a private namespace (unshare): {errors}")
+    pytest.skip(f"this machine cannot mount a tmpfs in a private namespace (unshare): {errors}; it runs as root or "
+                "where unprivileged user namespaces are enabled (sysctl kernel.unprivileged_userns_clone=1)")
 
 
 def test_export_onto_a_full_filesystem_fails_clearly_and_leaves_nothing(int4_bundle, tmp_path):
