@@ -74,6 +74,7 @@ from .terms import PrivateTerms
 
 MODES = ("strict", "audit", "off")
 DEFAULT_NGRAM = 4  # content words, see the module docstring for the measurement
+RAW_NGRAM = 8  # every word counts, stop words too (verbatim runs); see the module docstring
 SANITIZE_NGRAM = 3  # the sanitizer rewrites (never blocks), so it can afford more recall on facts
 MIN_FACT_ITEM = 3  # a ";"-separated fact shorter than the n-gram still matches whole if it has >= 3 content words
 MAX_GAP_WORDS = 3  # an n-gram may skip at most this many stop/task words between two content words
@@ -221,6 +222,58 @@ def content_segments(text: str) -> list[list[tuple[str, int, int]]]:
     return [seg for seg in segs if seg]
 
 
+def _fold_word(w: str) -> str:
+    """NFKC + casefold, accents dropped ("Café" -> "cafe"), so a copy that loses its accents still matches."""
+    w = unicodedata.normalize("NFKC", w).casefold()
+    if w.isascii():
+        return w
+    return "".join(c for c in unicodedata.normalize("NFKD", w) if not unicodedata.combining(c))
+
+
+def raw_words(text: str) -> list[tuple[str, int, int]]:
+    """(folded word, start, end) for every ``\\w+`` word of `text`, stop words included."""
+    return [(_fold_word(m.group()), m.start(), m.end()) for m in _WORD.finditer(text)]
+
+
+class _RunIndex:
+    """Runs of `n` consecutive words (stop words counted) of private texts -> source label. It catches the
+    copied sentence that is mostly stop words, which the content-word index cannot see."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.grams: dict[tuple[str, ...], str] = {}
+
+    def add(self, text: str, source: str) -> None:
+        """Runs without a content word ("develop a series of social media posts for": task boilerplate that
+        histories share with instructions) are not indexed."""
+        ws = [w for w, _, _ in raw_words(text)]
+        for i in range(len(ws) - self.n + 1):
+            g = tuple(ws[i : i + self.n])
+            if not _NON_CONTENT.issuperset(g):
+                self.grams.setdefault(g, source)
+
+    def may_match(self, words: list[str]) -> bool:
+        n, grams = self.n, self.grams
+        words = [w if w.isascii() else _fold_word(w) for w in words]
+        return bool(grams) and any(tuple(words[i : i + n]) in grams for i in range(len(words) - n + 1))
+
+    def find(self, text: str) -> list[tuple[int, int, str]]:
+        """Matches with overlapping ones merged: (start, end, source) character spans."""
+        if not self.grams:
+            return []
+        toks = raw_words(text)
+        runs: list[list] = []
+        for i in range(len(toks) - self.n + 1):
+            src = self.grams.get(tuple(w for w, _, _ in toks[i : i + self.n]))
+            if src is None:
+                continue
+            if runs and i <= runs[-1][1]:
+                runs[-1][1] = i + self.n - 1
+            else:
+                runs.append([i, i + self.n - 1, src])
+        return [(toks[a][1], toks[b][2], src) for a, b, src in runs]
+
+
 def field_class(key: str) -> str:
     """'name' | 'place' | 'contact' | 'skip' | 'descriptive' | 'fact' for a profile field name."""
     parts = {p for p in re.split(r"[\s_\-.]+", key.casefold()) if p} | {re.sub(r"[\s_\-.]+", "", key.casefold())}
@@ -331,6 +384,7 @@ class EgressGuard:
         self.last_record: dict | None = None
         self._spans = _SpanIndex(ngram)
         self._facts = _SpanIndex(min(SANITIZE_NGRAM, ngram))  # used by sanitize() only
+        self._runs = _RunIndex(RAW_NGRAM)
         self._exact: dict[str, _Entry] = {}
         self._exact_re: re.Pattern | None = None
         self._exact_vocab: set[str] | None = None
@@ -344,6 +398,7 @@ class EgressGuard:
             self._spans.add(s.title, f"history[{i}].title")
             self._add_tokens(s.text, f"history[{i}].text")
             self._spans.add(s.text, f"history[{i}].text")
+            self._runs.add(s.text, f"history[{i}].text")
         for i, t in enumerate(ctx.private_texts):
             if t.strip():
                 self.add_private(t, f"private[{i}]")
@@ -366,6 +421,7 @@ class EgressGuard:
         else:
             self._spans.add(text, label, items=True)
             self._facts.add(text, label, items=True)
+            self._runs.add(text, label)
 
     def _add_profile_field(self, key: str, value: str) -> None:
         label = f"profile.{key}"
@@ -389,9 +445,11 @@ class EgressGuard:
                     self._add_exact(item.strip(), label, repl, cap_only=False)
         elif cls == "descriptive":
             self._spans.add(value, label)
+            self._runs.add(value, label)
         elif cls == "fact":
             self._spans.add(value, label, items=True)
             self._facts.add(value, label, items=True)
+            self._runs.add(value, label)
         # "skip" fields (Age, Gender): only identifier-like tokens, added above
 
     def _add_tokens(self, text: str, label: str) -> None:
@@ -458,6 +516,9 @@ class EgressGuard:
                 out.append(Finding("identifier", entry.source, m.group(), a + m.start(), a + m.end(), path))
         if words is None or self._spans.may_match(words):
             for start, end, src in self._spans.find(piece):
+                out.append(Finding("verbatim_span", src, piece[start:end], a + start, a + end, path))
+        if words is None or self._runs.may_match(words):
+            for start, end, src in self._runs.find(piece):
                 out.append(Finding("verbatim_span", src, piece[start:end], a + start, a + end, path))
         return out
 

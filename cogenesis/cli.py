@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("export", help="compile a model into a verified on-device bundle (ONNX + tokenizer + manifest)")
-    p.add_argument("--model", default=None, help="HF folder or .gguf file (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--model", default=None, help="a name from `cogenesis models list`, a HF folder or a .gguf file (default: SmolLM2-135M-Instruct)")
     p.add_argument("--target", default="laptop-x86_64", help="device profile (see `cogenesis targets`)")
     p.add_argument("--format", default=None, choices=["onnx", "ort-genai", "executorch", "mlc"],
                    help="onnx (our torch-free runtime) | ort-genai (the same graph + genai_config.json: onnxruntime-genai "

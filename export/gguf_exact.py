@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .gguf_codes import BLOCK, DECODERS, BlockCodes, llama_unpermute_rows, pack_nibbles
+from .gguf_codes import BLOCK, DECODERS, BlockCodes, concat_rows, llama_unpermute_rows, pack_nibbles
 from .graph import find_node, initializer_map
 
 MS = "com.microsoft"
@@ -45,73 +45,95 @@ def read_gguf(path: str) -> tuple[dict[str, BlockCodes], dict]:
     return codes, hp
 
 
-def builder_weight_codes(codes: dict[str, BlockCodes], hp: dict) -> dict[str, BlockCodes]:
-    """Codes in [N, K] (out, in) order keyed by the onnxruntime-genai builder's initializer names."""
-    if hp["arch"] != "llama":
-        raise ValueError(f"GGUF-exact quantization supports llama-architecture GGUF files, got {hp['arch']!r}")
-    out = {}
-    for i in range(hp["n_layer"]):
-        b = f"blk.{i}."
-        need = [b + s for s in ("attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight",
-                                "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight")]
-        if not all(n in codes for n in need):
-            raise ValueError(f"layer {i}: GGUF tensors are not all Q4_1/Q8_0 ({[n for n in need if n not in codes]})")
-        q = codes[b + "attn_q.weight"]
-        k = codes[b + "attn_k.weight"]
-        q = q.take_rows(llama_unpermute_rows(q.q.shape[0], hp["n_head"]))
-        k = k.take_rows(llama_unpermute_rows(k.q.shape[0], hp["n_kv"]))
-        v = codes[b + "attn_v.weight"]
-        if len({q.kind, k.kind, v.kind}) != 1:
-            raise ValueError(f"layer {i}: q/k/v use different GGUF types; cannot fuse into one qkv MatMul")
-        qkv = BlockCodes(np.concatenate([q.q, k.q, v.q]), np.concatenate([q.d, k.d, v.d]),
-                         None if q.m is None else np.concatenate([q.m, k.m, v.m]), q.kind)
-        p = f"model.layers.{i}."
-        out[p + "attn.qkv_proj.MatMul.weight"] = qkv
-        out[p + "attn.o_proj.MatMul.weight"] = codes[b + "attn_output.weight"]
-        out[p + "mlp.gate_proj.MatMul.weight"] = codes[b + "ffn_gate.weight"]
-        out[p + "mlp.up_proj.MatMul.weight"] = codes[b + "ffn_up.weight"]
-        out[p + "mlp.down_proj.MatMul.weight"] = codes[b + "ffn_down.weight"]
-    head = codes.get("output.weight") or codes.get("token_embd.weight")
-    if head is not None:
-        out["lm_head.MatMul.weight"] = head
+ARCH_QK_PERMUTED = {"llama": True, "qwen2": False}  # convert_hf_to_gguf permutes q/k rows for llama only
+EMBED = "model.embed_tokens.weight"  # the builder's embedding initializer when the head is not tied
+LAYER = {"attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+Segments = list[BlockCodes]  # one weight as row blocks that may use different GGUF types (q/k Q4_K + v Q6_K)
+
+
+def _segments(parts: list[BlockCodes]) -> Segments:
+    """Stack consecutive parts of one code shape; a change of shape starts a new segment (its own MatMul)."""
+    out: Segments = []
+    for p in parts:
+        if out and (out[-1].shape, out[-1].block) == (p.shape, p.block):
+            out[-1] = concat_rows([out[-1], p])
+        else:
+            out.append(p)
     return out
 
 
-def verify(model: onnx.ModelProto, weights: dict[str, BlockCodes], rtol: float = 1e-6) -> float:
+def builder_weight_codes(codes: dict[str, BlockCodes], hp: dict) -> dict[str, Segments]:
+    """Codes in [N, K] (out, in) order keyed by the onnxruntime-genai builder's initializer names."""
+    if hp["arch"] not in ARCH_QK_PERMUTED:
+        raise ValueError(f"GGUF-exact quantization supports {sorted(ARCH_QK_PERMUTED)} GGUF files, got "
+                         f"{hp['arch']!r}; export the converted HF folder instead (--quant int4 re-quantizes)")
+    out = {}
+    for i in range(hp["n_layer"]):
+        b, p = f"blk.{i}.", f"model.layers.{i}."
+        need = [b + s + ".weight" for s in ("attn_q", "attn_k", "attn_v", *LAYER.values())]
+        if missing := [n for n in need if n not in codes]:
+            raise ValueError(f"layer {i}: GGUF tensors of a type we cannot keep exactly ({', '.join(missing)}); "
+                             f"supported: {', '.join(DECODERS)}")
+        q, k, v = (codes[b + f"attn_{x}.weight"] for x in "qkv")
+        if ARCH_QK_PERMUTED[hp["arch"]]:
+            q = q.take_rows(llama_unpermute_rows(q.q.shape[0], hp["n_head"]))
+            k = k.take_rows(llama_unpermute_rows(k.q.shape[0], hp["n_kv"]))
+        out[p + "attn.qkv_proj.MatMul.weight"] = _segments([q, k, v])
+        for name, g in LAYER.items():
+            out[p + name + ".MatMul.weight"] = [codes[b + g + ".weight"]]
+    head = codes.get("output.weight") or codes.get("token_embd.weight")
+    if head is not None:
+        out["lm_head.MatMul.weight"] = [head]
+    return out
+
+
+def _dequantized(segs: Segments) -> np.ndarray:
+    return np.concatenate([c.dequantize() for c in segs])
+
+
+def _check(name: str, w: np.ndarray, deq: np.ndarray, rtol: float) -> float:
+    if w.shape != deq.shape:
+        raise ValueError(f"{name}: graph shape {w.shape} != GGUF shape {deq.shape}")
+    diff = float(np.abs(w - deq).max())
+    if diff > rtol * float(np.abs(w).max()):
+        raise ValueError(f"{name}: GGUF codes differ from the graph weight by {diff:g}; wrong source file?")
+    return diff
+
+
+def verify(model: onnx.ModelProto, weights: dict[str, Segments], embed: BlockCodes | None = None,
+           rtol: float = 1e-6) -> float:
     """Check every GGUF weight against the fp32 graph's initializer; return the largest abs difference."""
     inits = initializer_map(model.graph)
     worst = 0.0
-    for name, c in weights.items():
+    for name, segs in weights.items():
         if name not in inits:
             raise ValueError(f"graph has no initializer {name!r}: the exported graph does not match this GGUF file")
-        w = numpy_helper.to_array(inits[name])  # [K, N]
-        deq = c.dequantize().T
-        if w.shape != deq.shape:
-            raise ValueError(f"{name}: graph shape {w.shape} != GGUF shape {deq.shape}")
-        diff = float(np.abs(w - deq).max())
-        if diff > rtol * float(np.abs(w).max()):
-            raise ValueError(f"{name}: GGUF codes differ from the graph weight by {diff:g}; wrong source file?")
-        worst = max(worst, diff)
+        worst = max(worst, _check(name, numpy_helper.to_array(inits[name]), _dequantized(segs).T, rtol))  # [K, N]
+    if embed is not None and EMBED in inits:
+        worst = max(worst, _check(EMBED, numpy_helper.to_array(inits[EMBED]), embed.dequantize(), rtol))
     return worst
 
 
-def _replace_matmul(g, node, c: BlockCodes, accuracy_level: int, q8_accuracy_level: int, blocksums: dict,
-                    new_inits: list) -> list:
-    a, y = node.input[0], node.output[0]
+def _signed8_codes(c: BlockCodes, name: str) -> onnx.TensorProto:
+    """Centred int8 codes as MatMulNBits' 8-bit layout [N, K/block, block], stored +128 (its implicit zero point)."""
     n, k = c.q.shape
-    base = node.name.rsplit("/", 1)[0] + "/nbits"
-    w = node.input[1]
+    return numpy_helper.from_array((c.q.astype(np.int16) + 128).astype(np.uint8).reshape(n, k // c.block, c.block), name)
+
+
+def _one_linear(a: str, y: str, w: str, base: str, c: BlockCodes, acc: int, blocksums: dict,
+                new_inits: list) -> list:
+    """Nodes computing y = a @ W.T exactly from one segment's codes (see the module docstring)."""
+    n, k = c.q.shape
     scales = numpy_helper.from_array(c.d.reshape(-1).astype(np.float32), w + ".scales")
-    nodes = []
-    if c.kind == "Q8_0":
-        b = numpy_helper.from_array((c.q.astype(np.int16) + 128).astype(np.uint8).reshape(n, k // BLOCK, BLOCK), w + ".q8")
+    if c.m is None:
+        b = _signed8_codes(c, w + ".q8")
         new_inits += [b, scales]
-        nodes.append(helper.make_node("MatMulNBits", [a, b.name, scales.name], [y], name=base, domain=MS,
-                                      K=k, N=n, bits=8, block_size=BLOCK, accuracy_level=q8_accuracy_level))
-        return nodes
+        return [helper.make_node("MatMulNBits", [a, b.name, scales.name], [y], name=base, domain=MS,
+                                 K=k, N=n, bits=8, block_size=c.block, accuracy_level=acc)]
     b = numpy_helper.from_array(pack_nibbles(c.q), w + ".q4")
     corr = numpy_helper.from_array((c.m + 8.0 * c.d).T.astype(np.float32).copy(), w + ".blockmin")  # [K/32, N]
     new_inits += [b, scales, corr]
+    nodes = []
     if a not in blocksums:
         shape = numpy_helper.from_array(np.array([0, 0, k // BLOCK, BLOCK], np.int64), a + ".bs_shape")
         axes = numpy_helper.from_array(np.array([-1], np.int64), a + ".bs_axes")
@@ -121,22 +143,43 @@ def _replace_matmul(g, node, c: BlockCodes, accuracy_level: int, q8_accuracy_lev
             helper.make_node("ReduceSum", [a + ".blocks", axes.name], [a + ".blocksum"], name=base + "/BlockSum", keepdims=0),
         ]
         blocksums[a] = a + ".blocksum"
-    nodes += [
+    return nodes + [
         helper.make_node("MatMulNBits", [a, b.name, scales.name], [y + ".q"], name=base, domain=MS,
-                         K=k, N=n, bits=4, block_size=BLOCK, accuracy_level=accuracy_level),
+                         K=k, N=n, bits=4, block_size=BLOCK, accuracy_level=acc),
         helper.make_node("MatMul", [blocksums[a], corr.name], [y + ".min"], name=base + "/MinTerm"),
         helper.make_node("Add", [y + ".q", y + ".min"], [y], name=base + "/Add"),
     ]
-    return nodes
 
 
-def _refine_top_logits(g, node, top: int, new_inits: list) -> None:
+def _replace_matmul(g, node, segs: Segments | BlockCodes, accuracy_level: int, q8_accuracy_level: int,
+                    blocksums: dict, new_inits: list) -> list:
+    """Nodes replacing one fp32 MatMul: one exact linear per segment, concatenated along the output features.
+
+    accuracy_level applies to 4-bit segments, q8_accuracy_level to 8-bit ones (Q8_0/Q5_0/Q6_K codes): onnxruntime
+    1.32's 8-bit MatMulNBits with fp32 activations dequantizes the whole weight per call (21 ms vs 0.20 ms with
+    int8 activations for a 4864x896 weight, one thread), and int8 activations per block are what llama.cpp itself
+    uses for these types (its vec_dot_type is Q8_0/Q8_K)."""
+    segs = [segs] if isinstance(segs, BlockCodes) else segs
+    a, y, w = node.input[0], node.output[0], node.input[1]
+    base = node.name.rsplit("/", 1)[0] + "/nbits"
+    acc = [q8_accuracy_level if c.m is None else accuracy_level for c in segs]
+    if len(segs) == 1:
+        return _one_linear(a, y, w, base, segs[0], acc[0], blocksums, new_inits)
+    nodes, parts = [], []
+    for i, c in enumerate(segs):
+        parts.append(f"{y}.part{i}")
+        nodes += _one_linear(a, parts[-1], f"{w}.part{i}", f"{base}{i}", c, acc[i], blocksums, new_inits)
+    return nodes + [helper.make_node("Concat", parts, [y], name=base + "/Concat", axis=-1)]
+
+
+def _refine_top_logits(g, node, top: int, new_inits: list, codes: str, scales3: str, k: int) -> None:
     """Make the top-`top` logits exact after an int8-activation lm_head.
 
     The 8-bit lm_head is fast only with int8 activations (accuracy_level 4), which moves logits by up to ~0.5 and
     flips near-ties. We keep its cheap approximate logits for ranking, then recompute the `top` best candidates
-    in fp32 from the same Q8_0 codes (a 64-row gather) and scatter them back: greedy choices and the top-k that
-    fusion uses are then those of the exact model unless the true best token ranks below `top` approximately.
+    in fp32 from the same codes (`codes` [V, K/b, b] uint8 +128, `scales3` [V, K/b, 1]; a 64-row gather) and
+    scatter them back: greedy choices and the top-k that fusion uses are then those of the exact model unless the
+    true best token ranks below `top` approximately.
     """
     node = find_node(g, lambda n: n.name == node.name)  # the graph holds its own copy of the node
     hidden, out = node.input[0], node.output[0]
@@ -147,10 +190,10 @@ def _refine_top_logits(g, node, top: int, new_inits: list) -> None:
     shape_src = "/lm_refine/hidden_shape"
     nodes = [
         helper.make_node("TopK", [out + ".approx", k_t.name], ["/lm_refine/vals", "/lm_refine/idx"], name="/lm_refine/TopK", axis=-1),
-        helper.make_node("Gather", ["lm_head.MatMul.weight.q8", "/lm_refine/idx"], ["/lm_refine/q"], name="/lm_refine/GatherCodes"),
+        helper.make_node("Gather", [codes, "/lm_refine/idx"], ["/lm_refine/q"], name="/lm_refine/GatherCodes"),
         helper.make_node("Cast", ["/lm_refine/q"], ["/lm_refine/qf"], name="/lm_refine/Cast", to=TensorProto.FLOAT),
         helper.make_node("Sub", ["/lm_refine/qf", off.name], ["/lm_refine/qc"], name="/lm_refine/Center"),
-        helper.make_node("Gather", ["embed.scales", "/lm_refine/idx"], ["/lm_refine/d"], name="/lm_refine/GatherScales"),
+        helper.make_node("Gather", [scales3, "/lm_refine/idx"], ["/lm_refine/d"], name="/lm_refine/GatherScales"),
         helper.make_node("Mul", ["/lm_refine/qc", "/lm_refine/d"], ["/lm_refine/w"], name="/lm_refine/Scale"),
         helper.make_node("Shape", ["/lm_refine/idx"], ["/lm_refine/idx_shape"], name="/lm_refine/IdxShape"),
         helper.make_node("Shape", [hidden], [shape_src], name="/lm_refine/HiddenShape", start=-1),
@@ -162,42 +205,91 @@ def _refine_top_logits(g, node, top: int, new_inits: list) -> None:
         helper.make_node("ScatterElements", [out + ".approx", "/lm_refine/idx", "/lm_refine/exact"], [out],
                          name="/lm_refine/Scatter", axis=-1),
     ]
+    if scales3 != "embed.scales":  # untied head: view its flat MatMulNBits scales as [V, K/b, 1] (folded at load)
+        shape = numpy_helper.from_array(np.array([-1, k // _block_of(g, codes), 1], np.int64), "/lm_refine/scales_shape")
+        new_inits.append(shape)
+        nodes.insert(0, helper.make_node("Reshape", ["lm_head.MatMul.weight.scales", shape.name], [scales3],
+                                         name="/lm_refine/ScalesView"))
     node.output[0] = out + ".approx"
     idx = list(g.node).index(node)
     for j, n in enumerate(nodes):
         g.node.insert(idx + 1 + j, n)
 
 
-def _replace_embedding(g, weights: dict[str, BlockCodes], new_inits: list) -> None:
-    """The builder's embedding is Gather(Transpose(lm_head)); gather the shared Q8_0 codes instead."""
-    c = weights["lm_head.MatMul.weight"]
-    if c.kind != "Q8_0":
-        return  # keep the fp32 embedding
-    tr = find_node(g, lambda n: n.op_type == "Transpose" and n.input[0] == "lm_head.MatMul.weight")
-    ga = find_node(g, lambda n: n.op_type == "Gather" and n.input[0] == tr.output[0])
+def _block_of(g, codes: str) -> int:
+    for n in g.node:
+        if n.op_type == "MatMulNBits" and n.input[1] == codes:
+            return _attrs(n)["block_size"]
+    raise ValueError(f"no MatMulNBits reads {codes}")
+
+
+def _embedding_nodes(c: BlockCodes, ids: str, out: str, new_inits: list, codes: str | None = None) -> list:
+    """Gather the embedding rows from the GGUF codes: x = d * (u - 128) for signed codes (1 byte each), or
+    d * nibble + m for 4-bit affine codes (packed two per byte as in the GGUF, unpacked after the gather)."""
     v, k = c.q.shape
-    ds = numpy_helper.from_array(c.d[..., None].astype(np.float32), "embed.scales")  # [V, K/32, 1]
+    nb = k // c.block
+    ds = numpy_helper.from_array(c.d.reshape(v, nb, 1).astype(np.float32), "embed.scales")
     shape = numpy_helper.from_array(np.array([0, 0, k], np.int64), "embed.shape")
-    off = numpy_helper.from_array(np.array(128.0, np.float32), "embed.offset")
-    new_inits += [ds, shape, off]
-    ids, out = ga.input[1], ga.output[0]
-    q8 = numpy_helper.from_array((c.q.astype(np.int16) + 128).astype(np.uint8).reshape(v, k // BLOCK, BLOCK),
-                                 "lm_head.MatMul.weight.q8")
-    new_inits.append(q8)
-    q8 = q8.name
-    nodes = [
-        helper.make_node("Gather", [q8, ids], ["/embed/q"], name="/embed/GatherCodes"),
-        helper.make_node("Cast", ["/embed/q"], ["/embed/qf"], name="/embed/Cast", to=TensorProto.FLOAT),
-        helper.make_node("Sub", ["/embed/qf", off.name], ["/embed/qc"], name="/embed/Center"),
+    new_inits += [ds, shape]
+    if c.m is None:
+        if codes is None:
+            new_inits.append(_signed8_codes(c, "embed.q8"))
+            codes = "embed.q8"
+        off = numpy_helper.from_array(np.array(128.0, np.float32), "embed.offset")
+        new_inits.append(off)
+        nodes = [
+            helper.make_node("Gather", [codes, ids], ["/embed/q"], name="/embed/GatherCodes"),
+            helper.make_node("Cast", ["/embed/q"], ["/embed/qf"], name="/embed/Cast", to=TensorProto.FLOAT),
+            helper.make_node("Sub", ["/embed/qf", off.name], ["/embed/qc"], name="/embed/Center"),
+        ]
+    else:
+        half = BLOCK // 2
+        q = c.q.reshape(v, nb, 2, half)
+        packed = numpy_helper.from_array((q[:, :, 0] | (q[:, :, 1] << 4)).astype(np.uint8), "embed.q4")
+        mins = numpy_helper.from_array(c.m.reshape(v, nb, 1).astype(np.float32), "embed.mins")
+        low, four = (numpy_helper.from_array(np.array(x, np.uint8), f"embed.u8_{x}") for x in (15, 4))
+        new_inits += [packed, mins, low, four]
+        nodes = [
+            helper.make_node("Gather", [packed.name, ids], ["/embed/p"], name="/embed/GatherCodes"),
+            helper.make_node("BitwiseAnd", ["/embed/p", low.name], ["/embed/lo"], name="/embed/Low"),
+            helper.make_node("BitShift", ["/embed/p", four.name], ["/embed/hi"], name="/embed/High", direction="RIGHT"),
+            helper.make_node("Concat", ["/embed/lo", "/embed/hi"], ["/embed/q"], name="/embed/Unpack", axis=-1),
+            helper.make_node("Cast", ["/embed/q"], ["/embed/qc"], name="/embed/Cast", to=TensorProto.FLOAT),
+        ]
+    nodes += [
         helper.make_node("Gather", [ds.name, ids], ["/embed/d"], name="/embed/GatherScales"),
-        helper.make_node("Mul", ["/embed/qc", "/embed/d"], ["/embed/x"], name="/embed/Scale"),
-        helper.make_node("Reshape", ["/embed/x", shape.name], [out], name="/embed/Reshape"),
+        helper.make_node("Mul", ["/embed/qc", "/embed/d"], ["/embed/x" if c.m is None else "/embed/xd"], name="/embed/Scale"),
     ]
-    idx = list(g.node).index(tr)
-    g.node.remove(ga)
-    g.node.remove(tr)
+    if c.m is not None:
+        nodes += [helper.make_node("Gather", ["embed.mins", ids], ["/embed/m"], name="/embed/GatherMins"),
+                  helper.make_node("Add", ["/embed/xd", "/embed/m"], ["/embed/x"], name="/embed/Min")]
+    return nodes + [helper.make_node("Reshape", ["/embed/x", shape.name], [out], name="/embed/Reshape")]
+
+
+def _replace_embedding(g, weights: dict, new_inits: list, embed: BlockCodes | None = None) -> bool:
+    """Gather the embedding from GGUF codes instead of fp32 rows. A tied embedding is Gather(Transpose(lm_head));
+    with Q8_0 it shares the lm_head's codes. An untied one gathers `model.embed_tokens.weight` (`embed` codes).
+    Returns whether the embedding was replaced (a tied head in fp32 keeps the fp32 embedding)."""
+    head = weights["lm_head.MatMul.weight"]
+    head = head[0] if isinstance(head, list) else head
+    tr = [n for n in g.node if n.op_type == "Transpose" and n.input[0] == "lm_head.MatMul.weight"]
+    if tr:
+        ga = find_node(g, lambda n: n.op_type == "Gather" and n.input[0] == tr[0].output[0])
+        c, shared = head, ("lm_head.MatMul.weight.q8" if head.m is None and head.block == BLOCK else None)
+        if shared:
+            new_inits.append(_signed8_codes(head, shared))
+    else:
+        ga = find_node(g, lambda n: n.op_type == "Gather" and n.input[0] == EMBED)
+        if embed is None:
+            raise ValueError("the graph has an untied embedding but the GGUF file has no token_embd codes")
+        c, shared = embed, None
+    nodes = _embedding_nodes(c, ga.input[1], ga.output[0], new_inits, shared)
+    idx = list(g.node).index(tr[0] if tr else ga)
+    for n in (ga, *tr):
+        g.node.remove(n)
     for j, n in enumerate(nodes):
         g.node.insert(idx + j, n)
+    return True
 
 
 def _keep_used_initializers(g: onnx.GraphProto, new_inits: list | None = None) -> None:
@@ -212,38 +304,47 @@ def _keep_used_initializers(g: onnx.GraphProto, new_inits: list | None = None) -
 
 def quantize_gguf_exact(model: onnx.ModelProto, gguf_path: str, accuracy_level: int = 0,
                         q8_accuracy_level: int = 4, lm_head: str = "q8-refine", refine_top: int = 64) -> dict:
-    """lm_head: "q8-refine" (8-bit, int8 activations, exact top-`refine_top`), "q8" (8-bit only) or "fp32".
+    """In place: replace fp32 MatMul weights and the embedding by the GGUF codes. Returns facts for the report.
 
-    accuracy_level applies to the Q4_1 layers: 0 keeps fp32 activations (exact), 4 quantizes activations to int8
-    per block of 32 (faster; what llama.cpp itself does for Q4_1 dot products).
+    lm_head: "q8-refine" (8-bit, int8 activations, exact top-`refine_top`), "q8" (8-bit only) or "fp32".
+    accuracy_level applies to the layers: 0 keeps fp32 activations (exact), 4 quantizes activations to int8
+    per block (faster; what llama.cpp itself does for its dot products).
     """
-    """In place: replace fp32 MatMul weights by the GGUF codes. Returns facts for the export report."""
     codes, hp = read_gguf(gguf_path)
     weights = builder_weight_codes(codes, hp)
-    max_diff = verify(model, weights)
+    embed = codes.get("token_embd.weight")
+    max_diff = verify(model, weights, embed)
     g = model.graph
     new_inits: list = []
     blocksums: dict = {}
-    _replace_embedding(g, weights, new_inits)  # first: it reads the Q8_0 codes the lm_head MatMul will own
+    tied = any(n.op_type == "Transpose" and n.input[0] == "lm_head.MatMul.weight" for n in g.node)
+    _replace_embedding(g, weights, new_inits, embed)  # first: a tied one reads the codes the lm_head will own
     replaced = 0
     for node in list(g.node):
         if node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in weights:
-            if node.input[1] == "lm_head.MatMul.weight" and lm_head == "fp32":
+            w = node.input[1]
+            if w == "lm_head.MatMul.weight" and lm_head == "fp32":
                 continue
             idx = list(g.node).index(node)
-            new = _replace_matmul(g, node, weights[node.input[1]], accuracy_level, q8_accuracy_level, blocksums, new_inits)
-            is_head = node.input[1] == "lm_head.MatMul.weight"
+            new = _replace_matmul(g, node, weights[w], accuracy_level, q8_accuracy_level, blocksums, new_inits)
             g.node.remove(node)
             for j, n in enumerate(new):
                 g.node.insert(idx + j, n)
-            if is_head and lm_head == "q8-refine" and weights[node.input[1]].kind == "Q8_0":
-                _refine_top_logits(g, new[-1], refine_top, new_inits)
+            segs = weights[w]
+            if w == "lm_head.MatMul.weight" and lm_head == "q8-refine" and len(segs) == 1 and segs[0].m is None:
+                shared = tied and segs[0].block == BLOCK
+                _refine_top_logits(g, new[-1], refine_top, new_inits, w + ".q8",
+                                   "embed.scales" if shared else w + ".scales3", segs[0].q.shape[1])
             replaced += 1
     _keep_used_initializers(g, new_inits)
-    if not any(o.domain == MS for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(MS, 1))
-    kinds = sorted({c.kind for c in weights.values()})
-    return {"scheme": "gguf-exact", "gguf_types": kinds, "matmuls_replaced": replaced,
+    for domain, version in ((MS, 1), ("", 18)):  # BitwiseAnd (4-bit embedding unpack) needs opset 18
+        have = [o for o in model.opset_import if o.domain == domain]
+        if not have:
+            model.opset_import.append(helper.make_opsetid(domain, version))
+        elif have[0].version < version:
+            have[0].version = version
+    kinds = sorted({c.kind for segs in weights.values() for c in segs} | ({embed.kind} if embed is not None else set()))
+    return {"scheme": "gguf-exact", "gguf_types": kinds, "architecture": hp["arch"], "matmuls_replaced": replaced,
             "max_weight_abs_diff_vs_fp32": max_diff, "accuracy_level": accuracy_level,
             "q8_accuracy_level": q8_accuracy_level, "lm_head": lm_head,
             "refine_top": refine_top if lm_head == "q8-refine" else 0}

@@ -39,6 +39,13 @@ def resolve_source(model: str | None) -> Source:
     if model in (None, "", "default"):
         g, hf = default_model()
         return Source(hf, g, "SmolLM2-135M-Instruct")
+    from .models import MODELS, ModelError, status
+
+    if model in MODELS:  # a registry name: its verified GGUF, so the export keeps the shipped quantization exactly
+        st = status(MODELS[model])
+        if st["gguf"] not in ("verified", "in package"):
+            raise ModelError(f"model {model} is not installed ({st['gguf']}); run: cogenesis models add {model}")
+        return Source(gguf_to_hf(st["gguf_path"]), Path(st["gguf_path"]), model)
     p = Path(model)
     if p.suffix == ".gguf":
         if not p.is_file():
@@ -50,7 +57,8 @@ def resolve_source(model: str | None) -> Source:
         return Source(p, None, p.name)
     raise FileNotFoundError(
         f"--model {model!r} is neither a local folder nor a .gguf file. Model hub ids are not fetched: download the "
-        "model elsewhere and pass its folder, or omit --model for the default SmolLM2-135M-Instruct."
+        "model elsewhere and pass its folder, a model name from `cogenesis models list`, or omit --model for the "
+        "default SmolLM2-135M-Instruct."
     )
 
 
@@ -177,7 +185,9 @@ def export_bundle(model: str | None, out: str | Path, quant: str = "int4", targe
         graph.save(m, str(tmp / "model.onnx"), "model.onnx.data")
         sig = graph.io_signature(m)
         del m
-        kernel = _kernel_graph(tmp) if quant == "int4" and src.gguf is not None else None
+        # our kernels read fp16 block scales (Q4_1/Q8_0); K-quant scales d*sc are fp32: portable graph only
+        kernel = (_kernel_graph(tmp) if quant == "int4" and set(qinfo.get("gguf_types", ["?"])) <= {"Q4_1", "Q8_0"}
+                  else None)
         steps.update()
         steps.set_postfix_str("tokenizer, template, config")
         shutil.copy(src.hf_dir / "tokenizer.json", tmp / "tokenizer.json")

