@@ -25,6 +25,12 @@ The guard knows the session's private context and looks for it in outbound text:
   users.) (Plain 5-word n-grams without the stop/task-word filter: 127 unrelated pairs, 0.57 %.) 4 is the knee: 25x
   fewer false positives than 3, ~3x the recall of 5. The authors' generic system prompt flags 0/150 contexts
   from 3 up. The instruction *sanitizer* (non-blocking, shows its changes) uses 3 on profile facts.
+  A second index catches what content words cannot: **8 consecutive words of any kind** ("they're a reflection
+  of me, a game": one content word, sent by a logits reply in the 1.5B-cloud experiment and flagged by the
+  independent detector, which counts every word). On the same split (``scripts/verbatim_run_fp.py``; each user's
+  facts and history against every other user's instructions and reference replies, 16,500 pairs):
+  5 words 315 (1.9 %), 6: 58, 7: 11, **8: 3 (0.018 %)**, 10: 0; 2 of the 3 at 8 are task boilerplate with no
+  content word ("develop a series of social media posts for"), which the index leaves out.
 * **identifiers**: short high-value profile values matched exactly as whole words, case-insensitively:
   Name (and each name part), Location (and each component), e-mail/phone/address-like fields, and any
   e-mail, phone or identifier-like token (letters and digits mixed, e.g. "Sk8-Track", "AB12CD") found in any

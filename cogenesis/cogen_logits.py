@@ -635,23 +635,20 @@ def placeholder_ids(tokenizer, placeholders: Iterable[str]) -> set[int]:
 
 
 OPTION_KEYS = ("rule", "schedule", "k", "weight", "stop_on_flag", "draft_k", "draft_k_max", "adapt_k",
-               "prefix_policy", "cloud_deadline_s", "cross_tokenizer", "min_clean")
+               "prefix_policy", "cloud_deadline_s", "cross_tokenizer", "min_clean", "fusion_net")
 
 
 def fusion_cloud(client, model, cross_tokenizer: bool = False, min_clean: float = 0.8):
-    """The cloud the fusion talks to: the client itself when it serves the device's vocabulary (token ids, one
-    request per block); with another vocabulary and `cross_tokenizer`, a `MappedCloud` over the client's
-    string-keyed top-k (text prefix, one request per position; steps whose top-k maps onto single device tokens
-    for less than `min_clean` of its mass are local-only). Without the flag a mismatch stays an error."""
-    from cogenesis.cloud_bridge.client import VocabularyMismatch
-
-    try:
-        client.check_vocab(model.tokenizer)  # token ids must mean the same tokens on both sides
-        return client
-    except VocabularyMismatch:
-        if not cross_tokenizer:
-            raise
-    return MappedCloud(client, model, min_clean=min_clean)
+    """The cloud the fusion talks to. By default the client itself, after checking that it serves the device's
+    vocabulary (token ids, one request per block; vLLM or our server). With `cross_tokenizer`, a `MappedCloud`
+    over the client's string-keyed top-k (text prefix, one request per position; steps whose top-k maps onto
+    single device tokens for less than `min_clean` of its mass are local-only): for a cloud of another
+    vocabulary, or a server that takes no token-id prompts (llama-server) even with the same vocabulary
+    (Qwen2.5-0.5B device, Qwen2.5-1.5B cloud: every step maps cleanly)."""
+    if cross_tokenizer:
+        return MappedCloud(client, model, min_clean=min_clean)
+    client.check_vocab(model.tokenizer)  # token ids must mean the same tokens on both sides
+    return client
 
 
 def _write_mode(block: bool):
@@ -680,6 +677,8 @@ def _write_mode(block: bool):
         before = client.requests_sent
         cloud = fusion_cloud(client, job.model, bool(opts.pop("cross_tokenizer", False)),
                              float(opts.pop("min_clean", 0.8)))
+        if net_path := opts.pop("fusion_net", None):  # a net trained for this device/cloud pair
+            opts["net"] = FusionNet.load(net_path)
         t0 = time.perf_counter()
         cloud_instruction = job.cloud_instruction()
         res = write_logits(

@@ -579,14 +579,18 @@ def add_experiment_parser(sub) -> None:
                    help="logits systems: at the reply's first private term stop asking the cloud (default) or go "
                         "on with the term replaced by a placeholder")
     p.add_argument("--cross-tokenizer", action="store_true",
-                   help="logits systems with a cloud of another vocabulary: fuse through the tokens' text")
+                   help="logits systems: fuse through the tokens' text (a cloud of another vocabulary, or "
+                        "llama-server, which takes no token-id prompts)")
+    p.add_argument("--fusion-net", default=None, metavar="JSON",
+                   help="logits systems with --rule learned: a net trained for this pair (cogenesis calibrate fusion)")
     p.set_defaults(func=cmd_experiment)
 
 
 def cmd_experiment(a) -> int:
     systems = [s.strip() for s in a.systems.split(",") if s.strip()]
     logits_opts = {k: v for k, v in {"rule": a.rule, "prefix_policy": a.prefix_policy,
-                                     "cross_tokenizer": a.cross_tokenizer or None}.items() if v}
+                                     "cross_tokenizer": a.cross_tokenizer or None,
+                                     "fusion_net": a.fusion_net}.items() if v}
     r = run_experiment(a.data, systems=systems, limit=a.limit, bundle=a.bundle, cloud_url=a.cloud_url,
                        out_dir=a.out, judge_url=a.judge_url, judge_model=a.judge_model,
                        judge_max_tokens=a.judge_max_tokens, api_key=a.api_key, max_new_tokens=a.max_tokens,

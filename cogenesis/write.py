@@ -272,8 +272,12 @@ def add_write_arguments(p) -> None:
                    help="logits modes: at the reply's first private term, stop asking the cloud (default) or go on "
                         "with the term replaced by a placeholder")
     p.add_argument("--cross-tokenizer", action="store_true",
-                   help="logits modes with a cloud of another vocabulary: fuse through the tokens' text (its top-k "
-                        "mapped onto the device's tokens) instead of refusing")
+                   help="logits modes: fuse through the tokens' text (the cloud's string top-k mapped onto the "
+                        "device's tokens): for a cloud of another vocabulary, or a server without token-id prompts "
+                        "(llama-server)")
+    p.add_argument("--fusion-net", default=None, metavar="JSON",
+                   help="--rule learned: a fusion net trained for this device/cloud pair (cogenesis calibrate fusion; "
+                        "default: the shipped SmolLM2/SmolLM2 net)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
     p.add_argument("--json", action="store_true", help="print the whole result as JSON instead of streaming text")
 
@@ -299,7 +303,7 @@ def write_from_args(a) -> int:
 
         opts = {k: v for k, v in {"rule": a.rule, "draft_k": a.draft_k if a.mode == "logits-block" else None,
                                   "prefix_policy": a.prefix_policy, "cross_tokenizer": a.cross_tokenizer or None,
-                                  "schedule": Schedule.parse(a.schedule) if a.schedule else None}.items()
+                                  "fusion_net": a.fusion_net, "schedule": Schedule.parse(a.schedule) if a.schedule else None}.items()
                 if v is not None}
     cb = None if a.json else (lambda s: print(s, end="", flush=True))
     r = write(a.prompt, ctx, model, mode=a.mode, client=client, sanitize=not a.no_sanitize, stream_cb=cb,

@@ -23,7 +23,7 @@ from .graph import add_logits_to_keep
 def run_builder(hf_dir: Path, out_dir: Path, precision: str = "fp32", extra: list[str] | None = None) -> Path:
     """Run the builder in a subprocess (it holds the whole model in memory; a subprocess gives it all back)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", hf_dir.name, "-i", str(hf_dir),
+    cmd = [sys.executable, "-m", "cogenesis.export.builder_shim", "-m", hf_dir.name, "-i", str(hf_dir),
            "-o", str(out_dir), "-p", precision, "-e", "cpu", "-c", str(out_dir / ".builder-cache")]
     if extra:
         cmd += ["--extra_options", *extra]

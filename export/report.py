@@ -26,8 +26,11 @@ def reference_runs(hf_dir, prompts: list[str], new_tokens: int) -> list[dict]:
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     runs = []
     for p in prompts:
-        ids = tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True)
-        ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        if tok.chat_template:
+            ids = tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True)
+            ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        else:  # a base model (Gemma-3-270M): the prompt as plain text
+            ids = list(tok(p)["input_ids"])
         with torch.no_grad():
             out = model.generate(torch.tensor([ids]), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                                  do_sample=False, eos_token_id=None, pad_token_id=0)

