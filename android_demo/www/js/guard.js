@@ -19,6 +19,7 @@
 
 export const MODES = ['strict', 'audit', 'off'];
 export const DEFAULT_NGRAM = 4;
+export const RAW_NGRAM = 8; // words of any kind (guard.py RAW_NGRAM)
 export const SANITIZE_NGRAM = 3;
 const MIN_FACT_ITEM = 3;
 const MAX_GAP_WORDS = 3;
@@ -207,6 +208,42 @@ class SpanIndex {
   }
 }
 
+function foldWord(w) { // guard.py _fold_word: casefold, accents dropped
+  const c = casefold(w);
+  return /^[\x00-\x7f]*$/.test(c) ? c : c.normalize('NFKD').replace(/\p{Mn}/gu, '');
+}
+
+/** Runs of `n` consecutive words, stop words counted (guard.py _RunIndex). */
+class RunIndex {
+  constructor(n) {
+    this.n = n;
+    this.grams = new Map();
+  }
+
+  add(text, source) {
+    const ws = [...text.matchAll(WORD_RE)].map((m) => foldWord(m[0]));
+    for (let i = 0; i + this.n <= ws.length; i++) {
+      const g = ws.slice(i, i + this.n);
+      if (g.every((w) => NON_CONTENT.has(w))) continue; // task boilerplate, no content word
+      const key = g.join(' ');
+      if (!this.grams.has(key)) this.grams.set(key, source);
+    }
+  }
+
+  find(text) {
+    if (!this.grams.size) return [];
+    const toks = [...text.matchAll(WORD_RE)].map((m) => [foldWord(m[0]), m.index, m.index + m[0].length]);
+    const runs = [];
+    for (let i = 0; i + this.n <= toks.length; i++) {
+      const src = this.grams.get(toks.slice(i, i + this.n).map((t) => t[0]).join(' '));
+      if (src === undefined) continue;
+      const last = runs[runs.length - 1];
+      if (last && i <= last[1]) last[1] = i + this.n - 1; else runs.push([i, i + this.n - 1, src]);
+    }
+    return runs.map(([a, b, src]) => [toks[a][1], toks[b][2], src]);
+  }
+}
+
 function mostCommon(xs) { // collections.Counter(xs).most_common(1)[0][0]: ties go to the first seen
   const c = new Map();
   for (const x of xs) c.set(x, (c.get(x) || 0) + 1);
@@ -263,6 +300,7 @@ export class EgressGuard {
     this.detokenize = detokenize;
     this.spans = new SpanIndex(ngram);
     this.facts = new SpanIndex(Math.min(SANITIZE_NGRAM, ngram));
+    this.runs = new RunIndex(RAW_NGRAM);
     this.exact = new Map(); // normalized phrase -> {source, replacement, capOnly}
     this.exactRe = null;
     for (const [key, value] of Object.entries(context?.profile ?? {})) {
@@ -274,6 +312,7 @@ export class EgressGuard {
       this.spans.add(title, `history[${i}].title`);
       this.addTokens(text, `history[${i}].text`);
       this.spans.add(text, `history[${i}].text`);
+      this.runs.add(text, `history[${i}].text`);
     });
     (context?.private ?? []).forEach((t, i) => { if (String(t).trim()) this.addPrivate(String(t), `private[${i}]`); });
   }
@@ -283,7 +322,7 @@ export class EgressGuard {
     if (exact === null) exact = contentTokens(text).length < this.spans.n;
     this.addTokens(text, label);
     if (exact) this.addExact(text, label, 'a private detail', false);
-    else { this.spans.add(text, label, true); this.facts.add(text, label, true); }
+    else { this.spans.add(text, label, true); this.facts.add(text, label, true); this.runs.add(text, label); }
   }
 
   addProfileField(key, value) {
@@ -313,9 +352,11 @@ export class EgressGuard {
       }
     } else if (cls === 'descriptive') {
       this.spans.add(value, label);
+      this.runs.add(value, label);
     } else if (cls === 'fact') {
       this.spans.add(value, label, true);
       this.facts.add(value, label, true);
+      this.runs.add(value, label);
     }
   }
 
@@ -357,7 +398,7 @@ export class EgressGuard {
         found.push({ kind: 'identifier', source: entry.source, match: m[0], start: m.index, end: m.index + m[0].length, path });
       }
     }
-    for (const [start, end, src] of this.spans.find(text)) {
+    for (const [start, end, src] of [...this.spans.find(text), ...this.runs.find(text)]) {
       found.push({ kind: 'verbatim_span', source: src, match: text.slice(start, end), start, end, path });
     }
     const ident = found.filter((f) => f.kind === 'identifier').map((f) => [f.start, f.end]);
