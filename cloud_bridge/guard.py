@@ -30,7 +30,10 @@ The guard knows the session's private context and looks for it in outbound text:
   independent detector, which counts every word). On the same split (``scripts/verbatim_run_fp.py``; each user's
   facts and history against every other user's instructions and reference replies, 16,500 pairs):
   5 words 315 (1.9 %), 6: 58, 7: 11, **8: 3 (0.018 %)**, 10: 0; 2 of the 3 at 8 are task boilerplate with no
-  content word ("develop a series of social media posts for"), which the index leaves out.
+  content word ("develop a series of social media posts for"), which the index leaves out. Within one
+  ";"-separated item of a profile fact field the run is **6 words** ("a mix of classic rock and", sent by a logits
+  reply before the span had 4 content words): 3 of 16,500 unrelated pairs at 6 (5: 9, 7: 2); 23 of 150 reference
+  replies quote their own facts that way.
 * **identifiers**: short high-value profile values matched exactly as whole words, case-insensitively:
   Name (and each name part), Location (and each component), e-mail/phone/address-like fields, and any
   e-mail, phone or identifier-like token (letters and digits mixed, e.g. "Sk8-Track", "AB12CD") found in any
@@ -81,6 +84,7 @@ from .terms import PrivateTerms
 MODES = ("strict", "audit", "off")
 DEFAULT_NGRAM = 4  # content words, see the module docstring for the measurement
 RAW_NGRAM = 8  # every word counts, stop words too (verbatim runs); see the module docstring
+ITEM_RAW_NGRAM = 6  # the same within one ";"-separated item of a profile fact field
 SANITIZE_NGRAM = 3  # the sanitizer rewrites (never blocks), so it can afford more recall on facts
 MIN_FACT_ITEM = 3  # a ";"-separated fact shorter than the n-gram still matches whole if it has >= 3 content words
 MAX_GAP_WORDS = 3  # an n-gram may skip at most this many stop/task words between two content words
@@ -391,6 +395,7 @@ class EgressGuard:
         self._spans = _SpanIndex(ngram)
         self._facts = _SpanIndex(min(SANITIZE_NGRAM, ngram))  # used by sanitize() only
         self._runs = _RunIndex(RAW_NGRAM)
+        self._item_runs = _RunIndex(ITEM_RAW_NGRAM)
         self._exact: dict[str, _Entry] = {}
         self._exact_re: re.Pattern | None = None
         self._exact_vocab: set[str] | None = None
@@ -402,6 +407,7 @@ class EgressGuard:
         for i, s in enumerate(ctx.history):
             self._add_tokens(s.title, f"history[{i}].title")
             self._spans.add(s.title, f"history[{i}].title")
+            self._runs.add(s.title, f"history[{i}].title")
             self._add_tokens(s.text, f"history[{i}].text")
             self._spans.add(s.text, f"history[{i}].text")
             self._runs.add(s.text, f"history[{i}].text")
@@ -456,6 +462,8 @@ class EgressGuard:
             self._spans.add(value, label, items=True)
             self._facts.add(value, label, items=True)
             self._runs.add(value, label)
+            for item in value.split(";"):
+                self._item_runs.add(item, label)
         # "skip" fields (Age, Gender): only identifier-like tokens, added above
 
     def _add_tokens(self, text: str, label: str) -> None:
@@ -523,9 +531,10 @@ class EgressGuard:
         if words is None or self._spans.may_match(words):
             for start, end, src in self._spans.find(piece):
                 out.append(Finding("verbatim_span", src, piece[start:end], a + start, a + end, path))
-        if words is None or self._runs.may_match(words):
-            for start, end, src in self._runs.find(piece):
-                out.append(Finding("verbatim_span", src, piece[start:end], a + start, a + end, path))
+        for runs in (self._runs, self._item_runs):
+            if words is None or runs.may_match(words):
+                for start, end, src in runs.find(piece):
+                    out.append(Finding("verbatim_span", src, piece[start:end], a + start, a + end, path))
         return out
 
     def _term_findings(self, text: str, path: str, found: list[Finding]) -> list[Finding]:

@@ -203,7 +203,11 @@ def cmd_run(a) -> int:
     from cogenesis.context import PrivateContext
     model = rt.load(a.bundle, threads=a.threads)
     ctx = PrivateContext.load(a.context) if a.context else None
-    messages = _local_messages(a.prompt, ctx, a.system)
+    if a.raw and (ctx or a.system or not a.prompt.strip()):
+        raise SystemExit("error: --raw continues the prompt text as it is: give a non-empty --prompt and no "
+                         "--context or --system")
+    # --raw: a base model (gemma3-270m has no chat template) continues plain text; token ids skip the template
+    messages = model.tokenizer.encode(a.prompt).ids if a.raw else _local_messages(a.prompt, ctx, a.system)
     stats = rt.GenerationStats()
     if a.stream:
         for piece in model.stream(messages, stats=stats, **_gen_kwargs(a)):
@@ -311,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True, help="the instruction")
     p.add_argument("--context", default=None, help="private context JSON (profile + writing history); stays local")
     p.add_argument("--system", default=None, help="system message")
+    p.add_argument("--raw", action="store_true",
+                   help="no chat template: continue the prompt as plain text (base models such as gemma3-270m)")
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     p.add_argument("-v", "--verbose", action="store_true", help="print speed after streaming")
     _add_gen_args(p)

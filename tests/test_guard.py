@@ -451,3 +451,28 @@ def test_runs_of_only_stop_and_task_words_are_not_indexed():
     scripts/verbatim_run_fp.py)."""
     c = PrivateContext(history=[WritingSample("t", "Today I develop a series of social media posts for my shop.")])
     assert EgressGuard(c).scan_text("Please develop a series of social media posts for a bakery") == []
+
+
+def test_what_the_qwen_pair_experiment_leaked_is_now_caught():
+    """Three kinds of leak the independent detector found in logits replies of a Qwen2.5-0.5B device with the
+    Qwen2.5-1.5B cloud (dev 3_19_2, 10_9_3, 10_9_3 again) that the guard let through: 6 words of one profile fact
+    item (sent before the span reached 4 content words), a quoted event title made of common words, and 8 words
+    of a past writing's title. Each sent text is a leak by the detector's measure; the guard now flags it."""
+    from cogenesis.leakcheck import extract_canaries
+
+    fact = ("Listens to music on a smart speaker; Streaming history reveals a mix of classic rock and contemporary "
+            "indie playlists; Organizes quarterly 'Music and Medicine' charity events")
+    title = "Create a series of patient case studies for the free clinic: write anonymized case studies"
+    ctx = PrivateContext({"Smart_device_usage": fact}, [WritingSample(title, "Some text.")])
+    guard = EgressGuard(ctx)
+    cases = [("Lately I enjoy a mix of classic rock and jazz.", "profile.Smart_device_usage",
+              [Canary("passage", "Streaming history reveals a mix of classic rock and contemporary indie playlists",
+                      ngram=6)]),
+             ("Join us at the Music and Medicine gala.", "profile.Smart_device_usage", extract_canaries(fact)),
+             ("Create a series of patient case studies for new nurses.", "history[0].title",
+              [Canary("passage", title)])]
+    for sent, source, canaries in cases:
+        assert find_canaries([sent], canaries), sent  # a leak, measured independently
+        assert source in {f.source for f in guard.scan_text(sent)}, sent
+    assert guard.scan_text("Lately I enjoy a mix of classic rock.") == []  # 5 words of the item
+    assert guard.scan_text("music and medicine go together") == []  # the title is matched as written

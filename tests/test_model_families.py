@@ -138,3 +138,16 @@ def test_flatten_layer_rope_reads_both_thetas():
     flat = SimpleNamespace(rope_parameters={"rope_type": "default", "rope_theta": 5e5})
     flatten_layer_rope(flat)
     assert flat.rope_parameters == {"rope_type": "default", "rope_theta": 5e5} and not hasattr(flat, "rope_theta")
+
+
+def test_cogenesis_run_raw_continues_a_base_model_s_text(gemma270):
+    """Gemma-3-270M is a base model: through a chat template it writes "1111..."; `run --raw` sends the prompt as
+    plain text and it continues it (greedy: "the capital of the country of France...")."""
+    cmd = [sys.executable, "-m", "cogenesis.cli", "run", "--bundle", str(gemma270[0]), "--max-tokens", "12"]
+    r = subprocess.run([*cmd, "--raw", "--prompt", "The capital of France is"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "france" in r.stdout.lower()
+    bad = subprocess.run([*cmd, "--raw", "--prompt", "x", "--system", "be brief"], capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode != 0 and "--raw" in bad.stderr

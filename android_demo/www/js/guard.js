@@ -20,6 +20,7 @@
 export const MODES = ['strict', 'audit', 'off'];
 export const DEFAULT_NGRAM = 4;
 export const RAW_NGRAM = 8; // words of any kind (guard.py RAW_NGRAM)
+export const ITEM_RAW_NGRAM = 6; // within one ";"-separated item of a profile fact field
 export const SANITIZE_NGRAM = 3;
 const MIN_FACT_ITEM = 3;
 const MAX_GAP_WORDS = 3;
@@ -301,6 +302,7 @@ export class EgressGuard {
     this.spans = new SpanIndex(ngram);
     this.facts = new SpanIndex(Math.min(SANITIZE_NGRAM, ngram));
     this.runs = new RunIndex(RAW_NGRAM);
+    this.itemRuns = new RunIndex(ITEM_RAW_NGRAM);
     this.exact = new Map(); // normalized phrase -> {source, replacement, capOnly}
     this.exactRe = null;
     for (const [key, value] of Object.entries(context?.profile ?? {})) {
@@ -310,6 +312,7 @@ export class EgressGuard {
       const title = String(s?.title ?? ''); const text = String(s?.text ?? '');
       this.addTokens(title, `history[${i}].title`);
       this.spans.add(title, `history[${i}].title`);
+      this.runs.add(title, `history[${i}].title`);
       this.addTokens(text, `history[${i}].text`);
       this.spans.add(text, `history[${i}].text`);
       this.runs.add(text, `history[${i}].text`);
@@ -357,6 +360,7 @@ export class EgressGuard {
       this.spans.add(value, label, true);
       this.facts.add(value, label, true);
       this.runs.add(value, label);
+      for (const item of value.split(';')) this.itemRuns.add(item, label);
     }
   }
 
@@ -398,7 +402,7 @@ export class EgressGuard {
         found.push({ kind: 'identifier', source: entry.source, match: m[0], start: m.index, end: m.index + m[0].length, path });
       }
     }
-    for (const [start, end, src] of [...this.spans.find(text), ...this.runs.find(text)]) {
+    for (const [start, end, src] of [...this.spans.find(text), ...this.runs.find(text), ...this.itemRuns.find(text)]) {
       found.push({ kind: 'verbatim_span', source: src, match: text.slice(start, end), start, end, path });
     }
     const ident = found.filter((f) => f.kind === 'identifier').map((f) => [f.start, f.end]);
