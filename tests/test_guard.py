@@ -283,8 +283,10 @@ def test_spans_do_not_swallow_text_between_two_quotes():
     text = ("Review of 'The Complete Manual to Urban Farming': Write a comprehensive review of "
             "'The Complete Manual to Urban Farming' eBook you purchased.")
     found = EgressGuard(c).scan_text(text)
-    assert [f.match for f in found] == ["Complete Manual to Urban Farming"] * 2
     assert {f.source for f in found} == {"profile.Smart_device_usage"}
+    assert [f.match for f in found].count("Complete Manual to Urban Farming") == 2  # content-word spans
+    assert all("review" not in f.match.casefold() for f in found)  # nothing runs from one title to the other
+    assert all(f.end <= 48 or f.start >= 83 for f in found)  # each finding inside one of the two mentions
 
 
 def test_add_private_short_is_exact_and_long_is_ngram(ctx):
