@@ -267,11 +267,12 @@ class _RunIndex:
         words = [w if w.isascii() else _fold_word(w) for w in words]
         return bool(grams) and any(tuple(words[i : i + n]) in grams for i in range(len(words) - n + 1))
 
-    def find(self, text: str) -> list[tuple[int, int, str]]:
-        """Matches with overlapping ones merged: (start, end, source) character spans."""
+    def find(self, text: str, toks: list[tuple[str, int, int]] | None = None) -> list[tuple[int, int, str]]:
+        """Matches with overlapping ones merged: (start, end, source) character spans. ``toks``: `raw_words`
+        of ``text`` when the caller has them already (one tokenization for several indexes)."""
         if not self.grams:
             return []
-        toks = raw_words(text)
+        toks = raw_words(text) if toks is None else toks
         runs: list[list] = []
         for i in range(len(toks) - self.n + 1):
             src = self.grams.get(tuple(w for w, _, _ in toks[i : i + self.n]))
@@ -531,9 +532,11 @@ class EgressGuard:
         if words is None or self._spans.may_match(words):
             for start, end, src in self._spans.find(piece):
                 out.append(Finding("verbatim_span", src, piece[start:end], a + start, a + end, path))
+        toks = None  # one tokenization of the piece for both run indexes, and only if one may match
         for runs in (self._runs, self._item_runs):
             if words is None or runs.may_match(words):
-                for start, end, src in runs.find(piece):
+                toks = raw_words(piece) if toks is None else toks
+                for start, end, src in runs.find(piece, toks):
                     out.append(Finding("verbatim_span", src, piece[start:end], a + start, a + end, path))
         return out
 
