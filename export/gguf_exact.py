@@ -185,14 +185,16 @@ def _replace_matmul(g, node, segs: Segments | BlockCodes, accuracy_level: int, q
     return nodes + [helper.make_node("Concat", parts, [y], name=base + "/Concat", axis=-1)]
 
 
-def _refine_top_logits(g, node, top: int, new_inits: list, codes: str, scales3: str, k: int) -> None:
+def _refine_top_logits(g, node, top: int, new_inits: list, codes: str, scales3: str, k: int,
+                       flat_scales: str | None = None) -> None:
     """Make the top-`top` logits exact after an int8-activation lm_head.
 
     The 8-bit lm_head is fast only with int8 activations (accuracy_level 4), which moves logits by up to ~0.5 and
     flips near-ties. We keep its cheap approximate logits for ranking, then recompute the `top` best candidates
     in fp32 from the same codes (`codes` [V, K/b, b] uint8 +128, `scales3` [V, K/b, 1]; a 64-row gather) and
     scatter them back: greedy choices and the top-k that fusion uses are then those of the exact model unless the
-    true best token ranks below `top` approximately.
+    true best token ranks below `top` approximately. ``flat_scales``: build `scales3` as a view of this flat
+    MatMulNBits scales initializer (an untied head: onnxruntime folds the Reshape at load).
     """
     node = find_node(g, lambda n: n.name == node.name)  # the graph holds its own copy of the node
     hidden, out = node.input[0], node.output[0]
@@ -218,11 +220,10 @@ def _refine_top_logits(g, node, top: int, new_inits: list, codes: str, scales3: 
         helper.make_node("ScatterElements", [out + ".approx", "/lm_refine/idx", "/lm_refine/exact"], [out],
                          name="/lm_refine/Scatter", axis=-1),
     ]
-    if scales3 != "embed.scales":  # untied head: view its flat MatMulNBits scales as [V, K/b, 1] (folded at load)
+    if flat_scales is not None:
         shape = numpy_helper.from_array(np.array([-1, k // _block_of(g, codes), 1], np.int64), "/lm_refine/scales_shape")
         new_inits.append(shape)
-        nodes.insert(0, helper.make_node("Reshape", ["lm_head.MatMul.weight.scales", shape.name], [scales3],
-                                         name="/lm_refine/ScalesView"))
+        nodes.insert(0, helper.make_node("Reshape", [flat_scales, shape.name], [scales3], name="/lm_refine/ScalesView"))
     node.output[0] = out + ".approx"
     idx = list(g.node).index(node)
     for j, n in enumerate(nodes):
@@ -345,9 +346,11 @@ def quantize_gguf_exact(model: onnx.ModelProto, gguf_path: str, accuracy_level: 
                 g.node.insert(idx + j, n)
             segs = weights[w]
             if w == "lm_head.MatMul.weight" and lm_head == "q8-refine" and len(segs) == 1 and segs[0].m is None:
-                shared = tied and segs[0].block == BLOCK
-                _refine_top_logits(g, new[-1], refine_top, new_inits, w + ".q8",
-                                   "embed.scales" if shared else w + ".scales3", segs[0].q.shape[1])
+                if tied and segs[0].block == BLOCK:  # the embedding's [V, K/32, 1] scales are the head's
+                    _refine_top_logits(g, new[-1], refine_top, new_inits, w + ".q8", "embed.scales", segs[0].q.shape[1])
+                else:
+                    _refine_top_logits(g, new[-1], refine_top, new_inits, w + ".q8", w + ".scales3",
+                                       segs[0].q.shape[1], flat_scales=w + ".scales")
             replaced += 1
     _keep_used_initializers(g, new_inits)
     for domain, version in ((MS, 1), ("", 18)):  # BitwiseAnd (4-bit embedding unpack) needs opset 18
