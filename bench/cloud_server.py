@@ -53,7 +53,7 @@ def _free_port() -> int:
 
 def start_server(bundle: Path, threads: int, max_sessions: int, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    cmd = [sys.executable, "-m", "cogenesis.cloud_bridge.server", "--model", str(bundle), "--port", str(port),
+    cmd = [sys.executable, "-m", "cogenesis", "cloud", "serve", "--model", str(bundle), "--port", str(port),
            "--api-key", KEY, "--threads", str(threads), "--max-sessions", str(max_sessions), "--log-level", "warning",
            *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

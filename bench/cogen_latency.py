@@ -39,7 +39,7 @@ class _SleepCloud:
     """LocalCloud + a sleep per request (no HTTP)."""
 
     def __init__(self, model, rtt_ms: float):
-        from cogenesis.cogen_logits import LocalCloud
+        from cogenesis.cogen.logits import LocalCloud
 
         self.inner = LocalCloud(model, rtt_s=rtt_ms / 1000, exact=False)
 
@@ -52,7 +52,7 @@ class _SleepCloud:
 
 
 def run_one(model, fuser, lp, cp, cloud, block: bool, tokens: int, rtt_ms: float, server=None) -> dict:
-    from cogenesis.cogen_logits import cogenerate
+    from cogenesis.cogen.logits import cogenerate
 
     model.decoder.reset()  # every run pays the prefill
     srv_before = _server_compute(server)
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import cogenesis.runtime as rt
 
-    from cogenesis.fusion import Fuser
+    from cogenesis.cogen.fusion import Fuser
 
     if not a.log_server:
         logging.getLogger("cogenesis.cloud.server").setLevel(logging.WARNING)

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def _prompts(tok_encode) -> tuple[list[int], list[int]]:
-    from cogenesis.context import PrivateContext
+    from cogenesis.core.context import PrivateContext
     from cogenesis.data.prompts import with_context
 
     ctx = PrivateContext.load(ROOT / "examples" / "demo_profile.json")
@@ -308,8 +308,9 @@ def one(kind: str, path: str, threads: int, new_tokens: int) -> None:
 
 def _genai_int4(hf_dir: Path) -> Path | None:
     """onnxruntime-genai's own int4 build (the builder's default), for comparison."""
-    from cogenesis.export.default_model import cache_dir
     from cogenesis.export.onnx_export import run_builder
+
+    from cogenesis.core.paths import cache_dir
 
     out = cache_dir() / "bench" / "genai-int4"
     if not (out / "model.onnx").is_file():

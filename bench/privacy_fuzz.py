@@ -21,10 +21,10 @@ plus the profile's own Name and city (``profile-name`` / ``profile-city``, not p
 either names the focus canary ("an invitation to Pemberlot's birthday party") or only asks for it ("mention my
 dog by name"); some instructions are a dev record's own task with such a request appended.
 
-Every session runs ``cogenesis.write.write`` with a strict ``EgressGuard`` against the reference server
+Every session runs ``cogenesis.cogen.write.write`` with a strict ``EgressGuard`` against the reference server
 (``cogenesis.cloud_bridge.server``) on 127.0.0.1 with ``capture``: leaks are counted ONLY from the captured
 request bytes (bodies with token ids decoded, paths, queries, headers), by the independent detector
-``cogenesis.leakcheck``, never from the guard's own findings. ``produced``: canaries the detector finds in the
+``cogenesis.eval.leakcheck``, never from the guard's own findings. ``produced``: canaries the detector finds in the
 device's reply. A session *used the cloud* when sketch mode really used the cloud's outline
 (``mode_used == "sketch"``) or a logits mode fused at least one step with the cloud's distribution.
 
@@ -62,8 +62,8 @@ sys.path.insert(0, str(ROOT))
 
 from cogenesis.cloud_bridge.audit import JsonlTail  # noqa: E402
 
-from cogenesis.context import PrivateContext, WritingSample  # noqa: E402
-from cogenesis.leakcheck import Canary, decode_capture, find_canaries, normalize  # noqa: E402
+from cogenesis.core.context import PrivateContext, WritingSample  # noqa: E402
+from cogenesis.eval.leakcheck import Canary, decode_capture, find_canaries, normalize  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 DEFAULT_BUNDLE = ROOT / "artifacts" / "bundles" / "smollm2-int4"
@@ -578,8 +578,8 @@ def run_session(s: Session, model, url: str, tail: CaptureTail, audit_log: str |
     from cogenesis.cloud_bridge.client import CloudClient
     from cogenesis.cloud_bridge.guard import EgressGuard
 
+    from cogenesis.cogen.write import write
     from cogenesis.data.prompts import render_context
-    from cogenesis.write import write
 
     def detok(ids: list[int]) -> str:
         return model.tokenizer.decode(list(ids), skip_special_tokens=False)
@@ -649,7 +649,7 @@ def run_session(s: Session, model, url: str, tail: CaptureTail, audit_log: str |
 def ensure_bundle(bundle: str | Path | None) -> Path:
     """``bundle``, or artifacts/bundles/smollm2-int4, or the test suite's cached int4 export (built once the way
     tests/conftest.py builds it)."""
-    from cogenesis.bundle import BundleError, verify_bundle
+    from cogenesis.runtime.bundle import BundleError, verify_bundle
 
     if bundle is not None:
         return Path(bundle)
@@ -660,7 +660,7 @@ def ensure_bundle(bundle: str | Path | None) -> Path:
     h = hashlib.sha256()
     files = ("default_model", "gguf_codes", "gguf_exact", "graph", "onnx_export", "pipeline", "quantize", "report",
              "targets")
-    for p in [ROOT / "export" / f"{f}.py" for f in files] + [ROOT / "cogenesis" / "bundle.py"]:
+    for p in [ROOT / "export" / f"{f}.py" for f in files] + [ROOT / "runtime" / "bundle.py", ROOT / "runtime" / "format.py"]:
         h.update(p.read_bytes())
     cache = Path(os.environ.get("COGENESIS_CACHE", ROOT / ".cache"))
     out = cache / "test-bundles" / f"smollm2-int4-{h.hexdigest()[:12]}"
@@ -804,7 +804,7 @@ def markdown(summary: dict, config: dict, unsupported: dict[str, str], records: 
              f"device reply) against the reference cloud server on 127.0.0.1; bundle `{config['bundle']}`, data "
              f"`{config['data']}`, seed {config['seed']}, max_new_tokens {config['max_new_tokens']}, context_tokens "
              f"{CONTEXT_TOKENS}, strict guard. Leaks are counted by the independent detector "
-             "(`cogenesis.leakcheck`) in what the SERVER received (its capture: bodies with token ids decoded, "
+             "(`cogenesis.eval.leakcheck`) in what the SERVER received (its capture: bodies with token ids decoded, "
              "paths, queries, headers), never from the guard's findings.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 

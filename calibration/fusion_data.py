@@ -2,7 +2,7 @@
 
 For each record the local model reads ``with_context(record) + reference[:N]`` and the cloud model reads
 ``without_context(record) + reference[:N]`` (one forward pass each, logits at the N reference positions).
-Each position keeps the sparse :class:`~cogenesis.fusion.StepView` the decoder would see (the cloud reduced
+Each position keeps the sparse :class:`~cogenesis.cogen.fusion.StepView` the decoder would see (the cloud reduced
 to its top-k, as an API returns it) and the reference token's log-prob under local-only, cloud-only (top-k
 completed with the floor), max-fusion, and the cloud's exact full-vocab log-prob (for information).
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from cogenesis.runtime.sampling import log_softmax
 
-from cogenesis.fusion import DEFAULT_K, cloud_full, stack_views, step_features, step_view
+from cogenesis.cogen.fusion import DEFAULT_K, cloud_full, stack_views, step_features, step_view
 
 TARGET_KEYS = ("target", "lp_local", "lp_cloud", "lp_max", "lp_cloud_exact", "record", "group")
 

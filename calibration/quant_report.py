@@ -255,8 +255,9 @@ def _code_key() -> str:
 
 def variant_model(name: str, src, calib_seqs=None, kv=None) -> tuple[Path, dict]:
     """(path, facts) of a variant: .onnx graphs cached per fp32 graph + code version, the .pte via executorch."""
-    from cogenesis.export.default_model import cache_dir
     from cogenesis.export.pipeline import _fp32_cached
+
+    from cogenesis.core.paths import cache_dir
 
     if name.startswith("et-"):
         from cogenesis.export.executorch_export import cached_pte

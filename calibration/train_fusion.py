@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cogenesis.fusion import FEATURE_VERSION, N_FEATURES, FusionNet
+from cogenesis.cogen.fusion import FEATURE_VERSION, N_FEATURES, FusionNet
 
 from .fusion_data import CalibrationSet
 

@@ -10,76 +10,34 @@ Errors are `CloudError` subclasses that name the URL and the fix; 429, 5xx and t
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import requests
 
-from cogenesis.data.prompts import parse_outline, sketch_request
+from cogenesis.core.cloud_prompts import parse_outline, sketch_request
+from cogenesis.core.paths import API_KEY_ENV, SESSION_HEADER
 
 from .guard import EgressGuard, encode_body
-
-API_KEY_ENV = "COGENESIS_CLOUD_API_KEY"
-SESSION_HEADER = "X-Session-Id"
-MAX_RETRY_AFTER_S = 10.0
-
-
-class CloudError(Exception):
-    """The cloud request failed; `url`, `status` (HTTP code or None) and `fix` say where and what to do."""
-
-    retryable = False
-
-    def __init__(self, message: str, url: str = "", status: int | None = None, fix: str = ""):
-        self.message, self.url, self.status, self.fix = message, url, status, fix
-        text = f"{message} [{url}]" if url else message
-        super().__init__(f"{text}; fix: {fix}" if fix else text)
-
-
-class CloudAuthError(CloudError):
-    """401/403: missing or wrong API key."""
-
-
-class CloudNotFoundError(CloudError):
-    """404: wrong base URL, endpoint not served, or unknown model name."""
-
-
-class CloudBadRequestError(CloudError):
-    """400/422 and other 4xx: the server rejected the request (a limit, a field it does not support)."""
-
-
-class CloudPayloadTooLargeError(CloudError):
-    """413: the request body is over the server's size limit."""
-
-
-class CloudRateLimitError(CloudError):
-    """429: too many requests (retried)."""
-
-    retryable = True
-
-
-class CloudServerError(CloudError):
-    """5xx: the server failed (retried)."""
-
-    retryable = True
-
-
-class CloudTimeoutError(CloudError):
-    """No answer within the read timeout, or no connection within the connect timeout (retried)."""
-
-    retryable = True
-
-
-class CloudConnectionError(CloudError):
-    """Connection refused, DNS failure, reset: nothing is listening there."""
-
-
-class CloudProtocolError(CloudError):
-    """The answer is not the JSON the OpenAI/vLLM API specifies (garbage, missing fields, empty outline)."""
+from .http import (  # noqa: F401  (the errors are part of the client's API)
+    MAX_RETRY_AFTER_S,
+    CloudAuthError,
+    CloudBadRequestError,
+    CloudConnectionError,
+    CloudError,
+    CloudNotFoundError,
+    CloudPayloadTooLargeError,
+    CloudProtocolError,
+    CloudRateLimitError,
+    CloudServerError,
+    CloudTimeoutError,
+    Transport,
+    normalize_base_url,
+    parse_object,
+)
 
 
 @dataclass
@@ -99,7 +57,7 @@ class CloudClient:
     """HTTP client for an OpenAI-compatible cloud (vLLM extensions used: prompt_logprobs, return_tokens_as_token_ids).
 
     `guard`: the EgressGuard every body passes (default: a strict guard with no private context, which still
-    blocks e-mails, phone and card numbers...; `cogenesis.write` swaps in one that knows the context).
+    blocks e-mails, phone and card numbers...; `cogenesis.cogen.write` swaps in one that knows the context).
     `detokenize`: ids -> text, for scanning token-id prompts (set on the guard when it has none).
     `timeout`: (connect, read) seconds, per read; `deadline_s`: the whole request, retries and the slow arrival
     of an answer included (None: no deadline). `session_id`: sent as X-Session-Id so the server can reuse its KV
@@ -111,22 +69,16 @@ class CloudClient:
                  retries: int = 2, backoff: float = 0.5, session_id: str | None = None,
                  detokenize: Callable[[list[int]], str] | None = None, http: requests.Session | None = None,
                  deadline_s: float | None = 120.0):
-        if not base_url or "://" not in base_url:
-            raise ValueError(f"base_url must be like http://127.0.0.1:8000 (got {base_url!r})")
-        url = base_url.rstrip("/")
-        self.base_url = url[:-3] if url.endswith("/v1") else url
+        self.base_url = normalize_base_url(base_url)
         self.api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
         self.model = model
         self.default_guard = guard is None
         self.guard = guard if guard is not None else EgressGuard(None, mode="strict", detokenize=detokenize)
         if detokenize is not None and self.guard.detokenize is None:
             self.guard.detokenize = detokenize
-        self.timeout = timeout
-        self.deadline_s = deadline_s
-        self.retries = max(0, int(retries))
-        self.backoff = backoff
+        self.transport = Transport(self.base_url, self.api_key, timeout=timeout, retries=retries, backoff=backoff,
+                                   deadline_s=deadline_s, http=http)
         self.session_id = uuid.uuid4().hex if session_id is None else session_id
-        self.http = http or requests.Session()
         self.requests_sent = 0  # HTTP attempts that left (retries included)
         self.bytes_sent = 0
         self._caps: dict | None = None
@@ -151,83 +103,27 @@ class CloudClient:
             c.bytes_sent += n_bytes
             c = c.__dict__.get("_parent")
 
-    def _headers(self, has_body: bool) -> dict:
-        h = {"Accept": "application/json"}
-        if has_body:
-            h["Content-Type"] = "application/json"
-        if self.api_key:
-            h["Authorization"] = f"Bearer {self.api_key}"
-        if self.session_id:
-            h[SESSION_HEADER] = self.session_id
-        return h
+    @property
+    def http(self) -> requests.Session:
+        """The HTTP session requests go through (the transport's)."""
+        return self.transport.http
+
+    def _session_headers(self) -> dict:
+        return {SESSION_HEADER: self.session_id} if self.session_id else {}
 
     def request(self, method: str, path: str, body: dict | None = None, parse: bool = True) -> dict | None:
         """Inspect `body` with the guard, send exactly its bytes, retry 429/5xx/timeouts, return the JSON.
         The whole call (retries and the reading of every answer) ends by ``deadline_s``."""
         self.guard.inspect(path, body if body is not None else b"")  # raises PrivacyViolation: nothing is sent
         raw = encode_body(body) if body is not None else None
-        url = self.base_url + path
-        until = time.monotonic() + self.deadline_s if self.deadline_s else math.inf
-        for attempt in range(self.retries + 1):
-            try:
-                return self._once(method, url, raw, parse, until)
-            except CloudError as e:
-                if not e.retryable or attempt == self.retries or time.monotonic() >= until:
-                    raise
-                time.sleep(min(self._delay(e, attempt), max(until - time.monotonic(), 0.0)))
-        raise AssertionError("unreachable")
-
-    def _delay(self, e: CloudError, attempt: int) -> float:
-        after = getattr(e, "retry_after", None)
-        if after is not None:
-            return min(after, MAX_RETRY_AFTER_S)
-        return self.backoff * (2**attempt)
-
-    def _once(self, method: str, url: str, raw: bytes | None, parse: bool, until: float = math.inf) -> dict | None:
-        self._bump(len(raw or b""))
-        try:
-            r = self.http.request(method, url, data=raw, headers=self._headers(raw is not None), timeout=self.timeout,
-                                  stream=True)
-            content = _read_until(r, until, url)
-        except requests.Timeout as e:
-            raise CloudTimeoutError(f"no answer within {self.timeout} s (connect, read)", url, None,
-                                    "check that the server is up and not overloaded, or raise timeout=") from e
-        except requests.ConnectionError as e:
-            raise CloudConnectionError(f"cannot connect ({_root(e)})", url, None,
-                                       "start the cloud server (cogenesis cloud serve) or fix the base URL") from e
-        except requests.RequestException as e:
-            raise CloudConnectionError(f"request failed ({type(e).__name__}: {e})", url, None,
-                                       "check the base URL") from e
-        if r.status_code >= 400:
-            raise _http_error(r, url)
-        if not parse:
-            return None
-        try:
-            data = json.loads(content)
-        except (json.JSONDecodeError, ValueError) as e:
-            raise CloudProtocolError(f"the answer is not JSON (HTTP {r.status_code}, {len(content)} bytes: "
-                                     f"{content[:60]!r})", url, r.status_code,
-                                     "point base_url at an OpenAI-compatible server (vLLM or cogenesis cloud serve)") from e
-        if not isinstance(data, dict):
-            raise CloudProtocolError(f"expected a JSON object, got {type(data).__name__}", url, r.status_code,
-                                     "point base_url at an OpenAI-compatible server")
-        return data
+        r = self.transport.send(method, path, raw, self._session_headers(), on_attempt=self._bump)
+        return parse_object(r, self.base_url + path) if parse else None
 
     # -- server facts ----------------------------------------------------------------------------------------
     def health(self) -> dict:
-        """GET /health: {"ok": True, ...the server's JSON if any} (vLLM answers an empty 200)."""
+        """GET /health: {"ok": True, ...the server's JSON if any} (vLLM answers an empty 200). Not retried."""
         self.guard.inspect("/health", b"")
-        url = self.base_url + "/health"
-        self._bump(0)
-        try:
-            r = self.http.get(url, headers=self._headers(False), timeout=self.timeout)
-        except requests.Timeout as e:
-            raise CloudTimeoutError("no answer from /health", url, None, "check the server") from e
-        except requests.ConnectionError as e:
-            raise CloudConnectionError(f"cannot connect ({_root(e)})", url, None,
-                                       "start the cloud server (cogenesis cloud serve) or fix the base URL") from e
-        if r.status_code >= 400:
-            raise _http_error(r, url)
+        r = self.transport.send("GET", "/health", None, self._session_headers(), retries=0, on_attempt=self._bump)
         try:
             extra = r.json() if r.content else {}
         except ValueError:
@@ -323,7 +219,7 @@ class CloudClient:
                max_points: int = 15, **extra) -> list[str]:
         """An outline of the answer from the cloud: `sketch_request(instruction)` -> at most `max_points` points.
 
-        Send only text that may leave the device (`cogenesis.write` sanitizes the instruction first)."""
+        Send only text that may leave the device (`cogenesis.cogen.write` sanitizes the instruction first)."""
         c = self.chat(sketch_request(instruction, min_points, max_points), max_tokens=max_tokens,
                       temperature=temperature, **extra)
         points = parse_outline(c.text)[:max_points]
@@ -399,7 +295,7 @@ class CloudClient:
 
     def top_logprobs(self, prefix_text: str, k: int = 20) -> dict[str, float]:
         """The cloud's top-k next tokens after `prefix_text`, keyed by their text (any OpenAI-compatible server,
-        any tokenizer): the string-keyed view `cogenesis.cogen_logits.MappedCloud` maps onto the device's
+        any tokenizer): the string-keyed view `cogenesis.cogen.logits.MappedCloud` maps onto the device's
         vocabulary. One POST /v1/completions, max_tokens=1, logprobs=k; the text passes the guard like any body.
         Reads the completions format (`top_logprobs: [{text: lp}]`, vLLM, OpenAI, our server) and the chat-style
         one (`content: [{top_logprobs: [{token, logprob}]}]`, llama.cpp's llama-server)."""
@@ -427,7 +323,7 @@ class CloudClient:
         return dict(sorted(out.items(), key=lambda kv: -kv[1])[:k])
 
     def close(self) -> None:
-        self.http.close()
+        self.transport.close()
 
     def __enter__(self) -> CloudClient:
         return self
@@ -449,29 +345,6 @@ def _token_id_keys(top: dict, k: int, url: str) -> dict[int, float]:
     return dict(sorted(out.items(), key=lambda kv: -kv[1])[:k])
 
 
-MAX_ANSWER_BYTES = 64 << 20  # a larger answer is not a completion: refuse it instead of filling memory
-
-
-def _read_until(r: requests.Response, until: float, url: str) -> bytes:
-    """The answer's body, read in chunks: a server that drips bytes just under the read timeout is cut off at
-    the request's deadline (requests has per-read timeouts only); the body then also serves ``r.content``."""
-    parts, size = [], 0
-    try:
-        while chunk := r.raw.read1(1 << 16):  # what arrived, at most one socket read: the deadline is checked
-            parts.append(chunk)
-            size += len(chunk)
-            if size > MAX_ANSWER_BYTES:
-                raise CloudProtocolError(f"the answer exceeds {MAX_ANSWER_BYTES >> 20} MiB", url, r.status_code,
-                                         "check the server")
-            if time.monotonic() > until:
-                raise CloudTimeoutError("the answer was still arriving at the request deadline", url, r.status_code,
-                                        "the server is too slow or stalling; raise deadline_s= or check it")
-    finally:
-        r.close()
-    r._content = b"".join(parts)  # requests' own cache of the body (r.json(), r.text and _http_error read it)
-    return r._content
-
-
 def _finite(lp: object, url: str) -> float:
     """A log-probability as float; NaN, infinities, positive values and non-numbers are a protocol error (they
     would poison the fused distribution)."""
@@ -491,36 +364,3 @@ def _choice(data: dict | None, url: str) -> dict:
     return ch[0]
 
 
-def _root(e: Exception) -> str:
-    s = str(e)
-    for hint in ("Connection refused", "Name or service not known", "No route to host", "Connection reset"):
-        if hint in s:
-            return hint
-    return type(e).__name__
-
-
-def _http_error(r: requests.Response, url: str) -> CloudError:
-    msg = ""
-    try:
-        j = r.json()
-        err = j.get("error", j) if isinstance(j, dict) else j
-        msg = err.get("message", "") if isinstance(err, dict) else str(err)
-        msg = msg or (j.get("message", "") if isinstance(j, dict) else "")
-    except ValueError:
-        msg = r.text[:200]
-    s = r.status_code
-    what = f"HTTP {s}: {msg}".rstrip(": ")
-    if s in (401, 403):
-        return CloudAuthError(what, url, s, f"set the API key (api_key= or ${API_KEY_ENV}) to the server's --api-key")
-    if s == 404:
-        return CloudNotFoundError(what, url, s, "check the base URL (no /v1 needed) and the model name (GET /v1/models)")
-    if s == 413:
-        return CloudPayloadTooLargeError(what, url, s, "send a shorter prompt or raise the server's --max-body-bytes")
-    if s == 429:
-        e = CloudRateLimitError(what, url, s, "slow down or raise the server's limits")
-        ra = r.headers.get("Retry-After")
-        e.retry_after = float(ra) if ra and ra.replace(".", "", 1).isdigit() else None
-        return e
-    if s >= 500:
-        return CloudServerError(what, url, s, "the server failed; retry later or check its logs")
-    return CloudBadRequestError(what, url, s, "check the request fields against the server's limits (GET /v1/models)")

@@ -75,7 +75,9 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import unquote_plus
 
-from cogenesis.context import PrivateContext
+from cogenesis.cloud_bridge.fields import field_class
+
+from cogenesis.core.context import PrivateContext
 
 from .audit import append_record
 from .terms import PLACEHOLDER as TERM_PLACEHOLDERS
@@ -110,15 +112,6 @@ TASK_WORDS = frozenset(
 )
 _NON_CONTENT = STOPWORDS | TASK_WORDS
 
-# Profile field classes, by the words of the field name (case-insensitive, split on _ - and spaces).
-_NAME_KEYS = {"name", "firstname", "lastname", "fullname", "surname", "nickname"}
-_PLACE_KEYS = {"location", "city", "town", "hometown", "residence", "country", "state", "region"}
-_CONTACT_KEYS = {
-    "address", "street", "email", "mail", "phone", "mobile", "telephone", "tel", "username", "handle", "birthday",
-    "birthdate", "dob", "ssn", "passport", "account", "iban", "postcode", "zip", "zipcode", "contact",
-}
-_SKIP_KEYS = {"age", "gender", "sex", "pronouns"}
-_DESCRIPTIVE_KEYS = {"occupation", "job", "profession", "role", "traits", "personality", "style", "tone"}
 _HONORIFICS = {"dr", "mr", "mrs", "ms", "mx", "prof", "jr", "sr", "ii", "iii", "phd", "md"}
 
 _WORD = re.compile(r"\w+")
@@ -283,16 +276,6 @@ class _RunIndex:
             else:
                 runs.append([i, i + self.n - 1, src])
         return [(toks[a][1], toks[b][2], src) for a, b, src in runs]
-
-
-def field_class(key: str) -> str:
-    """'name' | 'place' | 'contact' | 'skip' | 'descriptive' | 'fact' for a profile field name."""
-    parts = {p for p in re.split(r"[\s_\-.]+", key.casefold()) if p} | {re.sub(r"[\s_\-.]+", "", key.casefold())}
-    for cls, keys in (("skip", _SKIP_KEYS), ("name", _NAME_KEYS), ("place", _PLACE_KEYS), ("contact", _CONTACT_KEYS),
-                      ("descriptive", _DESCRIPTIVE_KEYS)):
-        if parts & keys:
-            return cls
-    return "fact"
 
 
 def encode_body(body: dict | list | str | bytes) -> bytes:

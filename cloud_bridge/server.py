@@ -52,6 +52,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from cogenesis.cloud_bridge.settings import FAULTS, ServerSettings
 from cogenesis.runtime import EdgeModel
 from cogenesis.runtime.sampling import SamplingConfig
 from fastapi import FastAPI, Request
@@ -60,7 +61,8 @@ from pydantic import BaseModel
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from .server_cli import API_KEY_ENV, FAULTS
+from cogenesis.core.paths import API_KEY_ENV, SESSION_HEADER
+
 from .server_engine import (
     Engine,
     GrammarError,
@@ -88,39 +90,7 @@ M = TypeVar("M", bound=BaseModel)
 log = logging.getLogger("cogenesis.cloud.server")
 
 EXTENSIONS = ("prompt_logprobs_start", "session_prefix_cache")
-SESSION_HEADER = "x-session-id"
 _OPEN_PATHS = {"/health"}
-
-
-@dataclass
-class ServerSettings:
-    api_key: str | None = None
-    allow_unauthenticated: bool = False
-    simulate_rtt_ms: float = 0.0
-    fault: str | None = None  # one of FAULTS
-    fault_count: int | None = None  # fault only the first N requests (None: every request)
-    stall_s: float = 30.0
-    capture: str | None = None  # JSONL file of every received request
-    max_body_bytes: int = 1 << 20
-    body_timeout_s: float = 30.0  # the whole body must arrive within this (a slow-drip upload gets 408)
-    max_tokens: int = 1024
-    max_logprobs: int = 20  # vLLM's default --max-logprobs
-    max_prompt_tokens: int = 4096
-    max_logprob_positions: int = 2048
-    max_sessions: int = 16
-    max_parallel: int = 2
-    # KV cache of kept sessions + running requests (fp32: SmolLM2-135M 45 KiB/token, Qwen2.5-1.5B 56 KiB/token);
-    # idle sessions are evicted to make room, beyond it 503 + Retry-After. None: no limit.
-    kv_budget_mb: float | None = 1024.0
-    # a request that does not fit next to the running ones waits this long for them to finish, then 503: with
-    # 0, 64 clients x 60 s on 2 cores got 119 answers (3,170 503s); waiting keeps the engine busy
-    # (bench/results/server_load.md)
-    admit_wait_s: float = 10.0
-    retry_after_s: int = 1
-    default_chat_max_tokens: int = 256
-    served_model_name: str | None = None
-    # The Android demo's WebView page lives at this origin; browsers need CORS (preflight without auth) for it.
-    cors_origins: tuple[str, ...] = ("https://appassets.androidplatform.net",)
 
 
 class ApiError(Exception):
@@ -842,21 +812,9 @@ def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Run
     return RunningServer(f"http://{shown}:{real_port}", app, server, thread)
 
 
-# ---- command line (the options live in server_cli.py, which does not need fastapi) ---------------------------
-
-
-def main(argv: list[str] | None = None) -> int:
-    from .server_cli import main as cli_main
-
-    return cli_main(argv)
-
-
 def settings_dict(app: FastAPI) -> dict:
     """The app's settings with the API key hidden (for diagnostics)."""
     d = asdict(app.state.cogenesis.settings)
     d["api_key"] = "<set>" if d["api_key"] else None
     return d
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

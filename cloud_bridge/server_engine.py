@@ -25,6 +25,7 @@ from functools import lru_cache
 
 import numpy as np
 from cogenesis.runtime import EdgeModel
+from cogenesis.runtime.generate import Step, decode_n_tokens
 from cogenesis.runtime.model import Decoder
 from cogenesis.runtime.sampling import Sampler, SamplingConfig
 
@@ -276,40 +277,51 @@ class Engine:
         return last
 
     def _generate(self, dec: Decoder, req: RunRequest, logits: np.ndarray | None, info: RunInfo) -> Iterator[RunEvent]:
+        """`decode_n_tokens` (the runtime's one decode loop) with the grammar mask as a processor; events carry
+        the token's log-probs (of the unmasked distribution, as vLLM reports them) and the stop reason."""
         if req.max_tokens <= 0:
             yield RunEvent(finish_reason="length")
             return
         assert logits is not None
         sampler = Sampler(req.sampling)
-        out = info.completion_ids
-        max_stop = max((len(s) for s in req.stop), default=0)
         con = req.constraint
-        for step in range(req.max_tokens):
-            tok = sampler(logits if con is None else con.mask(logits))
-            lp = top_logprobs(logits[None], req.logprobs, np.asarray([tok]))[0] if req.logprobs is not None else None
-            if tok in req.stop_ids:
-                yield RunEvent(finish_reason="stop", stop_reason=tok)
+        raw: list[np.ndarray] = [logits]  # the unmasked logits of the current step
+
+        def forward(ids: list[int]) -> np.ndarray:
+            raw[0] = self._forward(dec, ids, 1)[-1]
+            info.computed_tokens += 1
+            return raw[0]
+
+        processors = [lambda lg, _reply: con.mask(lg)] if con is not None else []
+        for step in decode_n_tokens(forward, logits, lambda _, lg: sampler(lg), req.max_tokens, req.stop_ids,
+                                    processors):
+            event = self._event(step, raw[0], req, info)
+            yield event
+            if event.finish_reason is not None:
                 return
-            if con is not None:
-                con.advance(tok)
-            out.append(tok)
-            if lp is not None:
-                info.completion_logprobs.append(lp)
-            if req.stop:  # checked before the token is announced, so a stream never shows the stop string
-                tail = self.model.tokenizer.decode(out[-(max_stop + 8):], skip_special_tokens=True)
-                hit = next((s for s in req.stop if s in tail), None)
-                if hit is not None:
-                    yield RunEvent(finish_reason="stop", stop_reason=hit)
-                    return
-            yield RunEvent(token=tok, logprobs=lp)
             if con is not None and con.done:  # the grammar is complete and admits nothing more
                 yield RunEvent(finish_reason="stop")
                 return
-            if step + 1 == req.max_tokens:
-                break
-            logits = self._forward(dec, [tok], 1)[-1]
-            info.computed_tokens += 1
         yield RunEvent(finish_reason="length")
+
+    def _event(self, step: Step, raw: np.ndarray, req: RunRequest, info: RunInfo) -> RunEvent:
+        """The event of one decided token; a finish event for a stop token, a stop string or a complete grammar."""
+        tok, con, out = step.token, req.constraint, info.completion_ids
+        if step.stop:
+            return RunEvent(finish_reason="stop", stop_reason=tok)
+        lp = top_logprobs(raw[None], req.logprobs, np.asarray([tok]))[0] if req.logprobs is not None else None
+        if con is not None:
+            con.advance(tok)
+        out.append(tok)
+        if lp is not None:
+            info.completion_logprobs.append(lp)
+        if req.stop:  # checked before the token is announced, so a stream never shows the stop string
+            max_stop = max(len(s) for s in req.stop)
+            tail = self.model.tokenizer.decode(out[-(max_stop + 8):], skip_special_tokens=True)
+            hit = next((s for s in req.stop if s in tail), None)
+            if hit is not None:
+                return RunEvent(finish_reason="stop", stop_reason=hit)
+        return RunEvent(token=tok, logprobs=lp)
 
 
 JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}

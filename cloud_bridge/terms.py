@@ -61,6 +61,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
+from cogenesis.cloud_bridge.fields import field_class
+
 ZIPF_RARE = 3.0  # words rarer than this (per billion words: 10^3 = 1 per million) are private terms
 ZIPF_PROPER = 4.5  # a capitalized word mid-sentence rarer than this is a name ("my sister Clara")
 ZIPF_PROPER_RUN = 4.0  # the same inside a run of capitalized words ("Volunteer Scheduling App")
@@ -286,7 +288,6 @@ class PrivateTerms:
 
     def add_field(self, key: str, value: str) -> None:
         """A profile field: names, places and contacts are terms whole and by part; others as text."""
-        from .guard import field_class  # the guard owns the field classes (Name, Location, contacts...)
 
         label, cls = f"profile.{key}", field_class(key)
         if cls == "name":

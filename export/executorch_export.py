@@ -439,7 +439,7 @@ def cached_pte(hf_dir: str | Path, quant: str = "8da4w", group_size: int = DEFAU
                max_seq_len: int = DEFAULT_MAX_SEQ_LEN, export_if_missing: bool = True) -> tuple[Path, dict] | None:
     """(pte path, export facts), exported once per source model, options and code version.
     With export_if_missing=False: None when it is not in the cache yet."""
-    from .default_model import cache_dir
+    from cogenesis.core.paths import cache_dir
 
     hf_dir = Path(hf_dir)
     d = cache_dir() / "executorch" / f"{_source_key(hf_dir)}-{quant}-g{group_size}-s{max_seq_len}-{code_key()}"
@@ -531,7 +531,7 @@ def pte_parity(decoder: PteDecoder, runs: list[dict]) -> dict:
 # -- bundle ---------------------------------------------------------------------------------------------------
 def verify_pte_bundle(bundle: str | Path, check_hashes: bool = True) -> dict:
     """Verify an ExecuTorch bundle's files (size, sha256) against its manifest; returns the manifest."""
-    from cogenesis.bundle import read_manifest, verify_bundle
+    from cogenesis.runtime.bundle import read_manifest, verify_bundle
 
     return verify_bundle(bundle, read_manifest(bundle, kinds=("executorch",)), check_hashes=check_hashes)
 
@@ -554,7 +554,7 @@ def export_executorch_bundle(model: str | None, out: str | Path, quant: str = "8
     """`cogenesis export --format executorch`: a verified bundle with model.pte and a parity report."""
     import shutil
 
-    from cogenesis.bundle import BundleError, write_bundle
+    from cogenesis.runtime.bundle import BundleError, write_bundle
 
     from . import report
     from .onnx_export import model_facts
@@ -601,7 +601,7 @@ def export_executorch_bundle(model: str | None, out: str | Path, quant: str = "8
         (tmp / "export_report.json").write_text(json.dumps(rep, indent=2), encoding="utf-8")
         source = {"name": src.name, "hf_dir": str(src.hf_dir)}
         if src.gguf is not None:  # as the ONNX manifest records it
-            from cogenesis.bundle import sha256_file
+            from cogenesis.runtime.bundle import sha256_file
 
             source.update(gguf=src.gguf.name, gguf_sha256=sha256_file(src.gguf))
         return {

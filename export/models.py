@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cogenesis.export.default_model import cache_dir
+from cogenesis.core.paths import cache_dir
 
 
 # -- the registry (data) --------------------------------------------------------------------------------------

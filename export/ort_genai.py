@@ -132,9 +132,8 @@ def export_ort_genai_bundle(model: str | None, out: str | Path, quant: str = "in
 
     base_bundle: an existing ONNX bundle of the same source model to repackage instead of exporting `quant` again
     (its quantization is kept; `quant` is ignored)."""
+    from cogenesis.runtime.bundle import BundleError, read_manifest, write_bundle
     from cogenesis.runtime.model import KVSpec
-
-    from cogenesis.bundle import BundleError, read_manifest, write_bundle
 
     from . import report
     from .onnx_export import model_facts

@@ -13,15 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+from cogenesis.runtime.bundle import BundleError, write_bundle
 from cogenesis.runtime.model import KVSpec
 from cogenesis.runtime.vocab import vocab_fingerprint
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from cogenesis.bundle import BundleError, write_bundle
+from cogenesis.core.paths import cache_dir
 
 from . import graph, quantize, report
-from .default_model import cache_dir, default_model, gguf_to_hf
+from .default_model import default_model, gguf_to_hf
 from .onnx_export import export_fp32, model_facts
 from .targets import budget_check, get_target
 
@@ -215,7 +216,7 @@ def export_bundle(model: str | None, out: str | Path, quant: str = "int4", targe
         steps.update()
         source = {"name": src.name, "hf_dir": str(src.hf_dir)}
         if src.gguf is not None:
-            from cogenesis.bundle import sha256_file
+            from cogenesis.runtime.bundle import sha256_file
 
             source.update(gguf=src.gguf.name, gguf_sha256=sha256_file(src.gguf))
         return {

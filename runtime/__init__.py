@@ -5,7 +5,7 @@
     print(model.generate([{"role": "user", "content": "Hi"}], max_new_tokens=32).text)
 """
 
-from cogenesis.bundle import BundleError
+from cogenesis.runtime.bundle import BundleError
 
 from .edge import EdgeModel
 from .generate import GenerationResult, GenerationStats
@@ -16,7 +16,7 @@ def load(bundle, threads: int | None = None, verify: bool = True, trusted_keys=N
     """Load and verify a bundle directory.
 
     `trusted_keys`: Ed25519 public keys (PEM paths or bytes); the bundle must carry a manifest.sig that one of
-    them verifies, checked before any file of the bundle is opened (see cogenesis.bundle_signing)."""
+    them verifies, checked before any file of the bundle is opened (see cogenesis.runtime.signing)."""
     return EdgeModel(bundle, threads=threads, verify=verify, trusted_keys=trusted_keys)
 
 

@@ -8,9 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from cogenesis.runtime.bundle import BundleError, read_manifest, verify_bundle
 from tokenizers import Tokenizer
-
-from cogenesis.bundle import BundleError, read_manifest, verify_bundle
 
 from . import chat, kernels
 from .generate import GenerationResult, GenerationStats, StreamDecoder, generate_tokens
@@ -104,11 +103,10 @@ class EdgeModel:
 
     def stream_ids(self, prompt: Prompt, max_new_tokens: int = 256, temperature: float = 0.0, top_k: int = 0,
                    top_p: float = 1.0, seed: int | None = None, stop_ids: set[int] | None = None,
-                   stats: GenerationStats | None = None, logits_hook=None,
-                   repetition_penalty: float = 1.0) -> Iterator[int]:
+                   stats: GenerationStats | None = None, repetition_penalty: float = 1.0) -> Iterator[int]:
         ids = prompt if isinstance(prompt, list) and prompt and isinstance(prompt[0], int) else self.encode(prompt)
         return generate_tokens(self.decoder, ids, self._sampler(temperature, top_k, top_p, seed), max_new_tokens,
-                               self.stop_ids if stop_ids is None else stop_ids, stats, logits_hook, repetition_penalty)
+                               self.stop_ids if stop_ids is None else stop_ids, stats, repetition_penalty)
 
     def stream(self, prompt: Prompt, stats: GenerationStats | None = None, **kw) -> Iterator[str]:
         """Yield text pieces as they are generated."""

@@ -1,15 +1,17 @@
-"""Token generation on a Decoder: prefill, decode loop, stop rules, streaming text."""
+"""Token generation on a Decoder, as a chain of small functions (gpt-fast's shape): `prefill` ->
+`decode_one_token` -> `decode_n_tokens` (the one decode loop) -> `generate_tokens`; plus streaming text."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from tokenizers import Tokenizer
 
 from .model import Decoder
+from .processors import Processor, chain, standard
 from .sampling import Sampler
 
 
@@ -26,55 +28,100 @@ class GenerationStats:
         return (self.new_tokens - 1) / self.decode_s if self.decode_s > 0 and self.new_tokens > 1 else 0.0
 
 
-def generate_tokens(
-    decoder: Decoder,
-    prompt_ids: list[int],
-    sampler: Sampler,
-    max_new_tokens: int,
-    stop_ids: set[int],
-    stats: GenerationStats | None = None,
-    logits_hook: Callable[[int, object], object] | None = None,
-    repetition_penalty: float = 1.0,
-) -> Iterator[int]:
-    """Yield new token ids. `logits_hook(step, logits) -> logits` may rewrite the logits (fusion uses it).
+@dataclass
+class Step:
+    """One decided token: its index in the reply, the id, the processed logits it was chosen from, and whether
+    it is a stop token (then it is the last step and not part of the reply)."""
 
-    repetition_penalty > 1 divides positive (multiplies negative) logits of tokens already generated, as
-    transformers does, but only over the reply: the private context's words must stay usable.
-    """
-    stats = stats if stats is not None else GenerationStats()
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    index: int
+    token: int
+    logits: np.ndarray
+    stop: bool = False
+
+
+Forward = Callable[[list[int]], np.ndarray]
+"""Feed ids to the model's KV cache; return the logits row after the last one."""
+
+Choose = Callable[[int, np.ndarray], int]
+"""(step index, processed logits) -> token id."""
+
+
+def prefill(decoder: Decoder, prompt_ids: Sequence[int]) -> np.ndarray:
+    """A fresh cache holding the prompt; the logits after its last token."""
     if not prompt_ids:
         raise ValueError("the prompt is empty")
-    if repetition_penalty <= 0:
-        raise ValueError(f"repetition_penalty must be > 0 (1 = off), got {repetition_penalty}")
-    seen: list[int] = []
     decoder.reset()
+    return decoder.forward(list(prompt_ids), keep=1)[-1]
+
+
+def prefill_reusing(decoder: Decoder, prompt_ids: Sequence[int], forward: Forward) -> np.ndarray:
+    """The prompt minus its last token in one batch (kept when the cache already holds it), then the last token
+    alone: the logits are the same bits whether or not the prompt was cached (a co-generation session's
+    repeated prompt)."""
+    ids = [int(t) for t in prompt_ids]
+    if not ids:
+        raise ValueError("the prompt is empty")
+    head = ids[:-1]
+    if head and decoder.length >= len(head) and decoder.tokens[: len(head)] == head:
+        decoder.truncate(len(head))
+    else:
+        decoder.reset()
+        if head:
+            forward(head)
+    return forward(ids[-1:])
+
+
+def decode_one_token(decoder: Decoder, token: int) -> np.ndarray:
+    """Feed one token; the logits after it."""
+    return decoder.forward([token], keep=1)[-1]
+
+
+def decode_n_tokens(forward: Forward, logits: np.ndarray, choose: Choose, max_new_tokens: int,
+                    stop_ids: Collection[int] = (), processors: Sequence[Processor] = (),
+                    stats: GenerationStats | None = None) -> Iterator[Step]:
+    """THE decode loop (local generation, per-step fusion and the reference server all run it): process the
+    logits, choose a token, yield it, feed it. A stop token is yielded with ``stop=True`` and ends the loop; so
+    does `max_new_tokens`. The consumer may stop early by leaving the loop (stop strings, a complete grammar)."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    stats = stats if stats is not None else GenerationStats()
+    reply: list[int] = []
+    t0 = time.perf_counter()
+    try:
+        for i in range(max_new_tokens):
+            processed = chain(processors, logits, reply)
+            tok = int(choose(i, processed))
+            stats.new_tokens += 1
+            if tok in stop_ids:
+                stats.stop_reason = "stop_token"
+                yield Step(i, tok, processed, stop=True)
+                return
+            reply.append(tok)
+            yield Step(i, tok, processed)
+            if i + 1 == max_new_tokens:
+                stats.stop_reason = "max_tokens"
+                return
+            logits = forward([tok])
+    finally:
+        stats.decode_s = time.perf_counter() - t0
+
+
+def generate_tokens(decoder: Decoder, prompt_ids: list[int], sampler: Sampler, max_new_tokens: int,
+                    stop_ids: Collection[int], stats: GenerationStats | None = None,
+                    repetition_penalty: float = 1.0) -> Iterator[int]:
+    """Yield the reply's token ids: `prefill`, then `decode_n_tokens` with the sampler."""
+    stats = stats if stats is not None else GenerationStats()
+    processors = standard(repetition_penalty)
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     stats.prompt_tokens = len(prompt_ids)
     t0 = time.perf_counter()
-    logits = decoder.forward(prompt_ids, keep=1)[-1]
+    logits = prefill(decoder, prompt_ids)
     stats.prefill_s = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    for step in range(max_new_tokens):
-        if repetition_penalty != 1.0 and seen:
-            idx = np.unique(np.asarray(seen))
-            v = logits[idx]
-            logits = logits.copy()
-            logits[idx] = np.where(v > 0, v / repetition_penalty, v * repetition_penalty)
-        if logits_hook is not None:
-            logits = logits_hook(step, logits)
-        tok = sampler(logits)
-        seen.append(tok)
-        stats.new_tokens += 1
-        if tok in stop_ids:
-            stats.stop_reason = "stop_token"
-            break
-        yield tok
-        if step + 1 == max_new_tokens:
-            stats.stop_reason = "max_tokens"
-            break
-        logits = decoder.forward([tok], keep=1)[-1]
-    stats.decode_s = time.perf_counter() - t1
+    for step in decode_n_tokens(lambda ids: decode_one_token(decoder, ids[0]), logits, lambda _, lg: sampler(lg),
+                                max_new_tokens, stop_ids, processors, stats):
+        if not step.stop:
+            yield step.token
 
 
 class StreamDecoder:

@@ -31,6 +31,8 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
+from cogenesis.core.paths import cache_dir
+
 CSRC = Path(__file__).parent / "csrc"
 SOURCES = [CSRC / "q41_matmul.cc", CSRC / "q8_0_matmul.cc", CSRC / "gqa_decode.cc", CSRC / "register.cc"]
 DOMAIN = "cogenesis"
@@ -46,8 +48,6 @@ class KernelError(RuntimeError):
     pass
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("COGENESIS_CACHE", Path.home() / ".cache" / "cogenesis"))
 
 
 def mode() -> str:

@@ -2,7 +2,7 @@
 
 The guard's span rule counts content words only, so a copied sentence made mostly of stop words ("they're a
 reflection of me, a game": 8 words, 1 content word) passes it, while an independent detector that counts every
-word (cogenesis.leakcheck, 8-word passages) flags it. For n raw words, each user's private texts (profile facts
+word (cogenesis.eval.leakcheck, 8-word passages) flags it. For n raw words, each user's private texts (profile facts
 and writing history) are matched against the reference replies and instructions of every OTHER user (unrelated
 pairs: any hit is a false positive) and against the user's own reference replies (how often a reply really
 quotes its own context). Usage: python scripts/verbatim_run_fp.py [path/to/context_aware_dev.json]

@@ -18,7 +18,7 @@ def _export_code_key() -> str:
     h = hashlib.sha256()
     files = ("default_model", "gguf_codes", "gguf_exact", "graph", "onnx_export", "pipeline", "quantize", "report",
              "targets", "builder_shim")  # what shapes an ONNX bundle (other export/ modules, e.g. executorch, do not)
-    for p in [ROOT / "export" / f"{f}.py" for f in files] + [ROOT / "cogenesis" / "bundle.py"]:
+    for p in [ROOT / "export" / f"{f}.py" for f in files] + [ROOT / "runtime" / "bundle.py", ROOT / "runtime" / "format.py"]:
         h.update(p.read_bytes())
     return h.hexdigest()[:12]
 
@@ -26,8 +26,7 @@ def _export_code_key() -> str:
 def _bundle(quant: str) -> Path:
     """Export the default model at `quant` once per version of the export code (cached across runs)."""
     from cogenesis.export.pipeline import export_bundle
-
-    from cogenesis.bundle import BundleError, verify_bundle
+    from cogenesis.runtime.bundle import BundleError, verify_bundle
 
     out = Path(os.environ["COGENESIS_CACHE"]) / "test-bundles" / f"smollm2-{quant}-{_export_code_key()}"
     try:
@@ -48,8 +47,7 @@ def _registry_bundle(name: str, tag: str) -> tuple[Path, Path, Path]:
     (bundle, GGUF, HF folder)."""
     from cogenesis.export.models import add
     from cogenesis.export.pipeline import export_bundle
-
-    from cogenesis.bundle import BundleError, verify_bundle
+    from cogenesis.runtime.bundle import BundleError, verify_bundle
 
     rec = add(name, progress=False)
     out = Path(os.environ["COGENESIS_CACHE"]) / "test-bundles" / f"{tag}-int4-{_export_code_key()}"

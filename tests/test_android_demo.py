@@ -183,7 +183,7 @@ process.stdout.write(JSON.stringify(out));
 def _guard_cases() -> list[dict]:
     """Contexts and texts: the authors' sample records (each record's texts against several users' contexts) and
     canaries in every field class, so each rule of cloud_bridge.guard is exercised."""
-    from cogenesis.context import PrivateContext, WritingSample, parse_profile_block
+    from cogenesis.core.context import PrivateContext, WritingSample, parse_profile_block
 
     recs = json.loads((ROOT / "cogenesis/assets/sample_data.json").read_text())
     contexts = [PrivateContext(parse_profile_block(r["additional_profile"]),
@@ -224,7 +224,7 @@ def test_guard_parity_with_python():
         pytest.skip("node not installed (apt-get install nodejs; make android-deps)")
     from cogenesis.cloud_bridge import guard as guard_py
 
-    from cogenesis.context import PrivateContext
+    from cogenesis.core.context import PrivateContext
 
     cases = _guard_cases()
     r = _run(["node", "--input-type=module", "-e", NODE_PARITY % GUARD_JS.as_uri()], input=json.dumps(cases))
@@ -704,7 +704,7 @@ def test_context_and_settings_screens(app):
     app.wait_for_selector("#profile-rows .kv")
     vals = app.eval_on_selector_all("#profile-rows .kv .v", "els => els.map(e => e.value)")
     assert "Maria Lopez" in vals
-    stored = app.evaluate("JSON.parse(localStorage.getItem('cogenesis.context.v1'))")
+    stored = app.evaluate("JSON.parse(localStorage.getItem('cogenesis.core.context.v1'))")
     assert stored["profile"]["Name"] == "Maria Lopez"
     shot(app, "5_private_context")
     app.click("nav.tabs button[data-go=settings]")

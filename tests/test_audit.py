@@ -16,7 +16,7 @@ from cogenesis.cloud_bridge.audit import (
 )
 from cogenesis.cloud_bridge.guard import EgressGuard, PrivacyViolation, encode_body
 
-from cogenesis.context import PrivateContext
+from cogenesis.core.context import PrivateContext
 
 CTX = PrivateContext({"Name": "Isabel Martinez", "Location": "Miami, Florida",
                       "Privacy_info": "Hosts a monthly dinner party to network with potential high-end clients"})

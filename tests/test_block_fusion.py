@@ -14,9 +14,9 @@ import pytest
 from cogenesis.cloud_bridge.guard import EgressGuard
 from cogenesis.runtime.sampling import Sampler, SamplingConfig, log_softmax
 
-from cogenesis.cogen_logits import LocalCloud, choose_k, cogenerate, write_logits
-from cogenesis.context import PrivateContext
-from cogenesis.fusion import Fuser, FusionNet, Schedule
+from cogenesis.cogen.fusion import Fuser, FusionNet, Schedule
+from cogenesis.cogen.logits import LocalCloud, choose_k, cogenerate, write_logits
+from cogenesis.core.context import PrivateContext
 
 # ---------------------------------------------------------------- toy models
 
@@ -366,8 +366,8 @@ def test_server_matches_local_cloud(cloud_server, edge_model):
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["logits", "logits-block"])
 def test_canary_never_reaches_the_server(cloud_server, edge_model, mode):
-    from cogenesis.context import PrivateContext
-    from cogenesis.write import write
+    from cogenesis.cogen.write import write
+    from cogenesis.core.context import PrivateContext
 
     m = edge_model
     ctx = PrivateContext(profile=dict(CANARY_PROFILE))
@@ -391,7 +391,7 @@ def test_canary_never_reaches_the_server(cloud_server, edge_model, mode):
 def test_server_dies_mid_generation_finishes_locally(edge_model, mode):
     from cogenesis.cloud_bridge.server import create_app, serve_in_thread
 
-    from cogenesis.write import write
+    from cogenesis.cogen.write import write
 
     m = edge_model
     srv = serve_in_thread(create_app(m, api_key=KEY))

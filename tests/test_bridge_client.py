@@ -25,7 +25,7 @@ from cogenesis.cloud_bridge.guard import EgressGuard, PrivacyViolation
 from cogenesis.cloud_bridge.server import create_app, read_capture, serve_in_thread
 from cogenesis.runtime.sampling import log_softmax
 
-from cogenesis.context import PrivateContext
+from cogenesis.core.context import PrivateContext
 
 pytestmark = pytest.mark.slow
 KEY = "client-test-key"

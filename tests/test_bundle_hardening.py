@@ -15,10 +15,10 @@ from pathlib import Path
 
 import cogenesis.runtime as rt
 import pytest
+from cogenesis.runtime import bundle as B
+from cogenesis.runtime.bundle import BundleError, verify_bundle, write_bundle
+from cogenesis.runtime.signing import generate_key, sign_bundle, verify_signature
 
-from cogenesis import bundle as B
-from cogenesis.bundle import BundleError, verify_bundle, write_bundle
-from cogenesis.bundle_signing import generate_key, sign_bundle, verify_signature
 from cogenesis.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -276,7 +276,7 @@ def test_export_onto_a_full_filesystem_fails_clearly_and_leaves_nothing(int4_bun
     code = f"""
 import json, shutil
 from pathlib import Path
-from cogenesis.bundle import BundleError, write_bundle, verify_bundle
+from cogenesis.runtime.bundle import BundleError, write_bundle, verify_bundle
 def _fill_small(tmp):
     for name in ("model.onnx", "tokenizer.json", "chat_template.jinja", "generation_config.json"):
         (tmp / name).write_text("{{}}")

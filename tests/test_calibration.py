@@ -13,7 +13,7 @@ import pytest
 from cogenesis.calibration.fusion_data import CalibrationSet, extract
 from cogenesis.runtime.sampling import log_softmax
 
-from cogenesis.fusion import N_FEATURES, FusionNet
+from cogenesis.cogen.fusion import N_FEATURES, FusionNet
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _cache_path(bundle: Path, tag: str) -> Path:
     h = hashlib.sha256((bundle / "manifest.json").read_bytes())
-    for p in ("calibration/fusion_data.py", "cogenesis/fusion.py"):
+    for p in ("calibration/fusion_data.py", "cogenesis/cogen/fusion.py"):
         h.update((ROOT / p).read_bytes())
     return Path(os.environ["COGENESIS_CACHE"]) / "calibration" / f"{tag}-{h.hexdigest()[:12]}.npz"
 

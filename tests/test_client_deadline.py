@@ -11,7 +11,7 @@ import pytest
 from cogenesis.cloud_bridge.client import CloudClient, CloudTimeoutError
 from cogenesis.cloud_bridge.server import create_app, serve_in_thread
 
-from cogenesis.cogen_logits import write_logits
+from cogenesis.cogen.logits import write_logits
 
 KEY = "deadline-test-key"
 

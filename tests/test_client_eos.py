@@ -7,7 +7,7 @@ import pytest
 from cogenesis.cloud_bridge.client import CloudClient, CloudProtocolError
 from cogenesis.cloud_bridge.server import create_app, serve_in_thread
 
-from cogenesis.cogen_logits import write_logits
+from cogenesis.cogen.logits import write_logits
 
 pytestmark = pytest.mark.slow
 KEY = "eos-test-key"

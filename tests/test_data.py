@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cogenesis.context import PrivateContext
+from cogenesis.core.context import PrivateContext
 from cogenesis.data.prompts import (
     GENERIC_SYSTEM,
     approx_tokens,

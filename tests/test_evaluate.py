@@ -9,10 +9,11 @@ import math
 import pytest
 from judge_server import serve_judge
 
-from cogenesis.context import PrivateContext, WritingSample
+from cogenesis.core.context import PrivateContext, WritingSample
 from cogenesis.data.prompts import with_context, without_context
 from cogenesis.data.records import load_context_aware, load_sample
-from cogenesis.evaluate import (
+from cogenesis.eval.judge import ASPECTS, Judge, judge_messages, parse_rating
+from cogenesis.eval.metrics import (
     Embedder,
     body_texts,
     canary_hits,
@@ -23,7 +24,6 @@ from cogenesis.evaluate import (
     rouge,
     text_metrics,
 )
-from cogenesis.judge import ASPECTS, Judge, judge_messages, parse_rating
 
 REF = "The cat sat on the mat and looked at the birds outside the window."
 

@@ -30,8 +30,7 @@ from cogenesis.export.executorch_export import (  # noqa: E402
     verify_pte_bundle,
 )
 from cogenesis.export.report import PARITY_PROMPTS, reference_runs  # noqa: E402
-
-from cogenesis.bundle import BundleError, read_manifest, sha256_file  # noqa: E402
+from cogenesis.runtime.bundle import BundleError, read_manifest, sha256_file  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +117,7 @@ def test_8da4w_gguf_keeps_the_gguf_codes(qg_pte, q_pte, refs):
 
 def test_pte_manifest_is_read_and_verified(tmp_path):
     """No export needed: the .pte manifest goes through the bundle format's reader and hash check."""
-    from cogenesis.bundle import write_bundle
+    from cogenesis.runtime.bundle import write_bundle
 
     def fill(d):
         for f in ("model.pte", "tokenizer.json", "chat_template.jinja", "generation_config.json"):

@@ -10,7 +10,7 @@ import pytest
 from judge_server import serve_judge
 
 from cogenesis.data.records import load_sample
-from cogenesis.experiment import SYSTEMS, Row, _aggregate, plant_canary, run_experiment
+from cogenesis.eval.experiment import SYSTEMS, Row, _aggregate, plant_canary, run_experiment
 
 KEY = "experiment-test-key"
 

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from cogenesis.bundle import BundleError, read_manifest, verify_bundle, write_bundle
+from cogenesis.runtime.bundle import BundleError, read_manifest, verify_bundle, write_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from cogenesis.runtime.sampling import log_softmax
 
-from cogenesis.cogen_logits import MappedCloud, VocabIndex, cogenerate, map_string_topk
-from cogenesis.fusion import (
+from cogenesis.cogen.fusion import (
     N_FEATURES,
     Fuser,
     FusionNet,
@@ -23,6 +22,7 @@ from cogenesis.fusion import (
     step_features,
     step_view,
 )
+from cogenesis.cogen.logits import MappedCloud, VocabIndex, cogenerate, map_string_topk
 
 V = 50
 

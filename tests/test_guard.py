@@ -18,8 +18,8 @@ from cogenesis.cloud_bridge.guard import (
     sanitize_instruction,
 )
 
-from cogenesis.context import PrivateContext, WritingSample, parse_profile_block
-from cogenesis.leakcheck import Canary, find_canaries
+from cogenesis.core.context import PrivateContext, WritingSample, parse_profile_block
+from cogenesis.eval.leakcheck import Canary, find_canaries
 
 # ---- a context with a canary planted in every private field ---------------------------------------------
 
@@ -460,7 +460,7 @@ def test_what_the_qwen_pair_experiment_leaked_is_now_caught():
     Qwen2.5-1.5B cloud (dev 3_19_2, 10_9_3, 10_9_3 again) that the guard let through: 6 words of one profile fact
     item (sent before the span reached 4 content words), a quoted event title made of common words, and 8 words
     of a past writing's title. Each sent text is a leak by the detector's measure; the guard now flags it."""
-    from cogenesis.leakcheck import extract_canaries
+    from cogenesis.eval.leakcheck import extract_canaries
 
     fact = ("Listens to music on a smart speaker; Streaming history reveals a mix of classic rock and contemporary "
             "indie playlists; Organizes quarterly 'Music and Medicine' charity events")

@@ -1,4 +1,4 @@
-"""The independent leak detector (cogenesis.leakcheck): normalization, canonical forms, matching, body decoding,
+"""The independent leak detector (cogenesis.eval.leakcheck): normalization, canonical forms, matching, body decoding,
 and its independence from the egress guard (by AST: it may not import the guard or its term model)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from cogenesis import leakcheck
-from cogenesis.leakcheck import (
+from cogenesis.eval import leakcheck
+from cogenesis.eval.leakcheck import (
     Canary,
     decode_body,
     decode_capture,
@@ -38,7 +38,7 @@ def _found(canary: Canary, *texts: str) -> bool:
 
 
 def test_leakcheck_imports_nothing_from_the_guard_or_its_term_model():
-    tree = ast.parse((ROOT / "cogenesis" / "leakcheck.py").read_text(encoding="utf-8"))
+    tree = ast.parse((ROOT / "cogenesis" / "eval" / "leakcheck.py").read_text(encoding="utf-8"))
     names: list[str] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):

@@ -16,8 +16,8 @@ from cogenesis.cloud_bridge.client import CloudClient
 from cogenesis.cloud_bridge.guard import EgressGuard, PrivacyViolation, field_class
 from cogenesis.cloud_bridge.server import create_app, read_capture, serve_in_thread
 
-from cogenesis.context import PrivateContext, WritingSample
-from cogenesis.write import write
+from cogenesis.cogen.write import write
+from cogenesis.core.context import PrivateContext, WritingSample
 
 pytestmark = pytest.mark.slow
 KEY = "canary-test-key"

@@ -1,7 +1,7 @@
 """A seeded slice of the privacy fuzz bench (bench/privacy_fuzz.py) in `make test`: the real model against the real
 reference server on 127.0.0.1, in sketch, logits and logits-block, canaries planted in the authors' dev users (the
 demo profile when the shared data is absent). Leaks are counted only from what the SERVER captured, decoded by the
-independent detector (cogenesis.leakcheck), never from the guard's findings.
+independent detector (cogenesis.eval.leakcheck), never from the guard's findings.
 
 The slice must be able to fail: the device really has to produce canaries in some replies, and every mode really
 has to use the cloud in some sessions (a mode that never calls the cloud proves nothing).
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from cogenesis.context import PrivateContext, WritingSample
-from cogenesis.leakcheck import find_canaries
+from cogenesis.core.context import PrivateContext, WritingSample
+from cogenesis.eval.leakcheck import find_canaries
 
 ROOT = Path(__file__).resolve().parents[1]
 SESSIONS = 36  # 12 per mode

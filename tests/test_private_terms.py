@@ -18,10 +18,10 @@ from cogenesis.cloud_bridge.terms import PrivateTerms, _fold, normalize, normali
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from cogenesis.cogen.fusion import Fuser
+from cogenesis.cogen.logits import cogenerate
 from cogenesis.cogen.prefix_policy import PrefixPolicy
-from cogenesis.cogen_logits import cogenerate
-from cogenesis.context import PrivateContext, WritingSample
-from cogenesis.fusion import Fuser
+from cogenesis.core.context import PrivateContext, WritingSample
 
 ROOT = Path(__file__).resolve().parents[1]
 CTX = PrivateContext(
@@ -108,7 +108,7 @@ def test_common_name_part_matches_only_capitalized():
 def test_a_cued_name_that_is_also_a_common_word_stays_private():
     """Dev record 3_19_2: "a rescue dog named Melody" while a song of hers has "a melody". The name must match
     capitalized (it was sent as "The Night I Met Melody"); the common word must not."""
-    from cogenesis.context import WritingSample
+    from cogenesis.core.context import WritingSample
 
     ctx = PrivateContext({"Privacy_info": "Adopted a rescue dog named Melody who travels with her to most events"},
                          history=[WritingSample("Song", "A melody wrought from tears, now is mine.")])

@@ -1,4 +1,4 @@
-"""cogenesis.write: local and sketch modes end to end against the real reference server, and the fallbacks."""
+"""cogenesis.cogen.write: local and sketch modes end to end against the real reference server, and the fallbacks."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from cogenesis.cloud_bridge.client import CloudClient
 from cogenesis.cloud_bridge.server import create_app, read_capture, serve_in_thread
 
-from cogenesis.context import PrivateContext
-from cogenesis.write import MODES, WriteJob, available_modes, register_mode, write
+from cogenesis.cogen.write import MODES, WriteJob, available_modes, register_mode, write
+from cogenesis.core.context import PrivateContext
 
 pytestmark = pytest.mark.slow
 KEY = "sketch-test-key"

@@ -150,8 +150,7 @@ def test_ort_genai_bundle_runs_under_onnxruntime_genai(ort_genai_bundle):
 @pytest.mark.slow
 def test_ort_genai_bundle_is_also_a_cogenesis_bundle(ort_genai_bundle):
     import cogenesis.runtime as rt
-
-    from cogenesis.bundle import verify_bundle
+    from cogenesis.runtime.bundle import verify_bundle
 
     m = verify_bundle(ort_genai_bundle)
     assert m["ort_genai"]["config"] == "genai_config.json" and "genai_config.json" in m["files"]

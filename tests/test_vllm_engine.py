@@ -25,7 +25,7 @@ from cogenesis.cloud_bridge.client import (
 from cogenesis.cloud_bridge.guard import EgressGuard
 from cogenesis.runtime.sampling import log_softmax
 
-from cogenesis.context import PrivateContext
+from cogenesis.core.context import PrivateContext
 from cogenesis.data.synthesis import ChatClient, GeneratorError, synthesize
 
 pytestmark = pytest.mark.slow
@@ -176,7 +176,7 @@ def test_sketch_mode_against_vllm(vllm_server, int4_model, tmp_path):
     points = c.sketch("Write a blog post about starting a vegetable garden.", max_tokens=96)
     assert 1 <= len(points) <= 15 and all(isinstance(p, str) and p for p in points)
 
-    from cogenesis.write import write
+    from cogenesis.cogen.write import write
 
     ctx = PrivateContext.load(ROOT / "examples" / "demo_profile.json")
     audit = tmp_path / "egress.jsonl"
@@ -195,13 +195,13 @@ def test_sketch_mode_against_vllm(vllm_server, int4_model, tmp_path):
 
 
 def test_logits_block_end_to_end_with_a_private_context(vllm_server, int4_model, tmp_path):
-    """`cogenesis.write` in logits-block mode with the demo profile: the device drafts with the private context, vLLM
+    """`cogenesis.cogen.write` in logits-block mode with the demo profile: the device drafts with the private context, vLLM
     scores the drafts (token ids + prompt_logprobs) without it. Every request the egress guard audited is a line in
     vLLM's log, and the reply is the one the reference server gives (greedy, same weights, fixed draft length:
     the adaptive one follows the measured latencies, which differ between the two servers)."""
     from cogenesis.cloud_bridge.server import create_app, serve_in_thread
 
-    from cogenesis.write import write
+    from cogenesis.cogen.write import write
 
     v, m = vllm_server, int4_model
     ctx = PrivateContext.load(ROOT / "examples" / "demo_profile.json")

@@ -12,8 +12,8 @@ from cogenesis.cloud_bridge.server import create_app, read_capture, serve_in_thr
 from cogenesis.runtime.vocab import PROBE, probe_ids, vocab_fingerprint
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-from cogenesis.context import PrivateContext
-from cogenesis.write import write
+from cogenesis.cogen.write import write
+from cogenesis.core.context import PrivateContext
 
 pytestmark = pytest.mark.slow
 KEY = "vocab-test-key"
@@ -88,7 +88,7 @@ def test_string_topk_path_reproduces_token_id_fusion(server, int4_model):
     string-keyed top-k -> device ids) must give the token-id path's reply token for token, with clean mapping."""
     from cogenesis.cloud_bridge.guard import EgressGuard
 
-    from cogenesis.cogen_logits import MappedCloud, write_logits
+    from cogenesis.cogen.logits import MappedCloud, write_logits
 
     guard = EgressGuard(PrivateContext(), mode="strict", detokenize=int4_model.decode)
     client = CloudClient(server.url, api_key=KEY, retries=0, guard=guard)
@@ -125,7 +125,7 @@ def test_a_fusion_net_trained_for_the_pair_is_the_one_used(server, int4_model, t
     saying "all cloud" the cloud rule's, so the file given is what decides each step's weight."""
     import numpy as np
 
-    from cogenesis.fusion import N_FEATURES, FusionNet
+    from cogenesis.cogen.fusion import N_FEATURES, FusionNet
 
     client = CloudClient(server.url, api_key=KEY, retries=0)
 

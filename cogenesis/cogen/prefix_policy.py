@@ -35,7 +35,7 @@ class PrefixView:
 
 
 class PrefixPolicy:
-    """Callable ``(generated ids, draft ids) -> PrefixView`` for `cogenesis.cogen_logits.cogenerate`."""
+    """Callable ``(generated ids, draft ids) -> PrefixView`` for `cogenesis.cogen.logits.cogenerate`."""
 
     def __init__(self, guard, decode: Callable[[list[int]], str], encode: Callable[[str], list[int]],
                  policy: str = "stop"):

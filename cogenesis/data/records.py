@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from cogenesis.context import PrivateContext, WritingSample, parse_profile_block
+from cogenesis.core.context import PrivateContext, WritingSample, parse_profile_block
 
 PROFILE_ORDER = (
     "Age",

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-import requests
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -44,6 +43,7 @@ from pydantic import (
 )
 from tqdm.auto import tqdm
 
+from cogenesis.cloud_bridge.http import CloudConnectionError, CloudError, Transport, normalize_base_url
 from cogenesis.data.records import HistoryItem, RecordContext, TaskRecord, save_context_aware
 
 log = logging.getLogger(__name__)
@@ -347,16 +347,20 @@ class ChatClient:
 
     @property
     def url(self) -> str:
-        base = self.base_url.rstrip("/")
-        if base.endswith("/v1"):
-            base = base[:-3]
-        return f"{base}/v1/chat/completions"
+        return normalize_base_url(self.base_url) + "/v1/chat/completions"
 
-    def _session(self) -> requests.Session:
-        s = getattr(self._local, "session", None)
-        if s is None:
-            s = self._local.session = requests.Session()
-        return s
+    @property
+    def transport(self) -> Transport:
+        """The shared HTTP transport (one session per thread), made on first use."""
+        if getattr(self._local, "transport", None) is None:
+            self._local.transport = Transport(self.base_url, self.api_key, timeout=self.timeout,
+                                              retries=self.max_retries, backoff=self.backoff, retry_connect=True)
+        return self._local.transport
+
+    def _count(self, tries: list[int], n_bytes: int) -> None:
+        tries[0] += 1
+        with self._lock:
+            self.requests_made += 1
 
     def chat(self, messages: list[dict[str, str]], response_format: dict[str, Any] | None = None,
              attempt: int = 1) -> str:
@@ -375,34 +379,21 @@ class ChatClient:
         fmt = response_format if response_format is not None else self.response_format
         if fmt is not None:
             body["response_format"] = fmt
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        last = ""
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            with self._lock:
-                self.requests_made += 1
-            try:
-                r = self._session().post(self.url, json=body, headers=headers, timeout=self.timeout)
-            except (requests.ConnectionError, requests.Timeout) as e:
-                last = f"{type(e).__name__}: {e}"
-                continue
-            if r.status_code == 429 or r.status_code >= 500:
-                last = f"HTTP {r.status_code}: {r.text[:200]}"
-                continue
-            if r.status_code >= 400:
-                hint = ""
-                if fmt is not None and "response_format" in r.text:
-                    hint = " (a server without structured output: run with structured_output=False, or --no-structured-output)"
-                raise GeneratorError(f"{self.url}: HTTP {r.status_code}: {r.text[:300]}{hint}")
-            try:
-                content = r.json()["choices"][0]["message"]["content"]
-            except (ValueError, KeyError, IndexError, TypeError):
-                raise GeneratorError(f"{self.url}: not an OpenAI chat completion: {r.text[:300]}") from None
-            return content if isinstance(content, str) else ""
-        raise GeneratorError(f"{self.url}: failed after {self.max_retries + 1} tries ({last})")
+        tries = [0]
+        try:
+            data = self.transport.post("/v1/chat/completions", body, on_attempt=lambda n: self._count(tries, n))
+        except CloudError as e:
+            if e.retryable or isinstance(e, CloudConnectionError):
+                raise GeneratorError(f"{self.url}: failed after {tries[0]} tries ({e})") from e
+            hint = ""
+            if fmt is not None and "response_format" in str(e):
+                hint = " (a server without structured output: run with structured_output=False, or --no-structured-output)"
+            raise GeneratorError(f"{self.url}: {e}{hint}") from e
+        try:
+            content = data["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise GeneratorError(f"{self.url}: not an OpenAI chat completion: {str(data)[:300]}") from None
+        return content if isinstance(content, str) else ""
 
 
 # ---------------------------------------------------------------- checkpoint store

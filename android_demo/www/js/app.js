@@ -14,7 +14,7 @@ import { EgressGuard, MODES } from './guard.js';
 
 const $ = (id) => document.getElementById(id);
 const SETTINGS_KEY = 'cogenesis.settings.v1';
-const CONTEXT_KEY = 'cogenesis.context.v1';
+const CONTEXT_KEY = 'cogenesis.core.context.v1';
 
 const DEFAULTS = {
   bundleUrl: '/bundle/', keepCopy: false, threads: 0,

@@ -3,7 +3,7 @@
 export const LOCAL_SYSTEM = 'You are a writing assistant running privately on the user\'s phone. You write AS the user, in the first person. '
   + 'Write in the user\'s own voice, using their profile and past writings for style and facts.';
 
-/** Same layout as cogenesis.context.PrivateContext.render(): profile lines, then past writings, then notes. */
+/** Same layout as cogenesis.core.context.PrivateContext.render(): profile lines, then past writings, then notes. */
 export function renderContext(ctx, { maxHistory = 3, maxCharsPerSample = 600 } = {}) {
   const lines = [];
   const prof = Object.entries(ctx?.profile ?? {}).filter(([k, v]) => k && String(v ?? '').trim());

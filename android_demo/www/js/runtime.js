@@ -368,7 +368,7 @@ export async function sha256Hex(bytes) {
   return Array.from(d, (b) => b.toString(16).padStart(2, '0')).join('');
 }
 
-/** Check a file against manifest.json's files table (size + sha256), like cogenesis.bundle.verify_bundle. */
+/** Check a file against manifest.json's files table (size + sha256), like cogenesis.runtime.bundle.verify_bundle. */
 export async function verifyFile(name, bytes, table) {
   const want = table?.[name];
   if (!want) return false;

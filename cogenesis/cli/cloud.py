@@ -1,14 +1,14 @@
-"""Command-line options of the reference cloud server (`cogenesis cloud serve`), importable without fastapi.
+"""`cogenesis cloud serve`: the reference cloud server's options (importable without fastapi).
 
-    python -m cogenesis.cloud_bridge.server --model artifacts/bundles/smollm2-int4 --api-key KEY
+    cogenesis cloud serve --model artifacts/bundles/smollm2-int4 --api-key KEY
 """
 
 from __future__ import annotations
 
 import argparse
 
-FAULTS = ("500", "429", "garbage", "stall", "nan")
-API_KEY_ENV = "COGENESIS_CLOUD_API_KEY"
+from cogenesis.cloud_bridge.settings import FAULTS
+from cogenesis.core.paths import API_KEY_ENV
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,7 +46,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
 
 def serve_from_args(a: argparse.Namespace) -> None:
     """Run the server from parsed `add_serve_arguments` options (blocks)."""
-    from .server import serve
+    from cogenesis.cloud_bridge.server import serve
 
     serve(a.model, host=a.host, port=a.port, api_key=a.api_key, allow_unauthenticated=a.allow_unauthenticated,
           simulate_rtt_ms=a.simulate_rtt_ms, fault=a.fault, log_level=a.log_level, threads=a.threads,
@@ -56,15 +56,10 @@ def serve_from_args(a: argparse.Namespace) -> None:
           max_logprobs=a.max_logprobs, served_model_name=a.served_model_name)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cogenesis.cloud_bridge.server",
-                                description="Reference cloud server (OpenAI-compatible subset + vLLM extensions)")
+def register(sub) -> None:
+    """Add `cogenesis cloud serve`."""
+    cloud = sub.add_parser("cloud", help="the reference cloud server (OpenAI-compatible API with vLLM extensions)")
+    csub = cloud.add_subparsers(dest="cloud_cmd", metavar="SUBCOMMAND")
+    p = csub.add_parser("serve", help="serve a bundle over HTTP for development, tests, demos, small setups")
     add_serve_arguments(p)
-    a = p.parse_args(argv)
-    from cogenesis.bundle import BundleError
-
-    try:
-        serve_from_args(a)
-    except (ValueError, BundleError) as e:
-        p.error(str(e))
-    return 0
+    p.set_defaults(func=serve_from_args)

@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from cogenesis.bundle import MANIFEST, SIGNATURE, BundleError
+from cogenesis.runtime.format import MANIFEST, SIGNATURE, BundleError
 
 SIG_FORMAT = "cogenesis-bundle-signature"
 ALGORITHM = "ed25519"

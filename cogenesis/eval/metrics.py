@@ -17,7 +17,7 @@ Privacy:
   fields...; not Age or descriptive fields like Occupation or Writing_style; each past writing; each
   user-marked private text), each with the canaries that recognize it (see its docstring).
 * :func:`fact_leakage`: which of them are in the bytes that were sent, found by the independent detector
-  :mod:`cogenesis.leakcheck` (decoded bodies, normalized text). NOT the egress guard's findings: a metric
+  :mod:`cogenesis.eval.leakcheck` (decoded bodies, normalized text). NOT the egress guard's findings: a metric
   built on the guard's own findings would count everything the guard misses as 0.
 * :func:`canary_hits`: planted canary strings found in the decoded outbound bodies (same detector).
 """
@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from cogenesis.context import PrivateContext
-from cogenesis.leakcheck import (
+from cogenesis.core.context import PrivateContext
+from cogenesis.eval.leakcheck import (
     Canary,
     Hit,
     decode_body,
@@ -232,7 +232,7 @@ def fact_field(key: str) -> str | None:
 @dataclass(frozen=True)
 class Fact:
     """One private fact: ``label`` says where it is (``profile.Name``, ``history[2]``, ``private[0]``);
-    ``canaries``: what the independent detector (:mod:`cogenesis.leakcheck`) searches the sent bytes for."""
+    ``canaries``: what the independent detector (:mod:`cogenesis.eval.leakcheck`) searches the sent bytes for."""
 
     label: str
     text: str
@@ -249,7 +249,7 @@ def private_facts(context: PrivateContext) -> list[Fact]:
     * every other profile field except Age/Gender/Occupation/traits/Writing_style (Privacy_info,
       Smart_device_usage, Ai_assistant_usage, Phone, Email, ...): the identifiers in it (quoted or "named X"
       proper names, e-mails, phone numbers, dates, street addresses, letter+digit codes, see
-      :func:`cogenesis.leakcheck.extract_canaries`), a phone/e-mail/date/address value as a whole, and each
+      :func:`cogenesis.eval.leakcheck.extract_canaries`), a phone/e-mail/date/address value as a whole, and each
       ";"-separated item of >= 3 words copied verbatim (any 6 consecutive words, the whole item if shorter).
     * ``history[i]`` (title + text of a past writing) and ``private[i]`` (a private note, including the
       experiment's planted canary): the identifiers in it, and any 8 consecutive words copied verbatim.
@@ -307,7 +307,7 @@ def fact_leakage(context: PrivateContext, bodies: Sequence[bytes | str],
                  detokenize: Callable[[list[int]], str] | None = None, public: Iterable[str] = ()) -> Leakage:
     """Which private facts of ``context`` are in ``bodies``, the exact bytes of the requests that LEFT the device.
 
-    Measured by the independent detector (:mod:`cogenesis.leakcheck`), not by the egress guard's findings:
+    Measured by the independent detector (:mod:`cogenesis.eval.leakcheck`), not by the egress guard's findings:
     every body is decoded (JSON strings, token-id lists through ``detokenize``), normalized and searched for
     each fact's canaries (see :func:`private_facts`). A request the guard refused was never sent, so it is
     not in ``bodies``. ``public``: texts the user typed for the cloud (the instruction); their word n-grams do

@@ -18,12 +18,10 @@ import json
 import os
 import re
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
-
+from cogenesis.cloud_bridge.http import CloudError, Transport, normalize_base_url
 from cogenesis.data.records import TaskRecord
 
 ASPECTS = ("overall", "personalization", "overall_noprofile")
@@ -151,7 +149,7 @@ class JudgeError(Exception):
 
 
 def default_cache_dir() -> Path:
-    from cogenesis.export.default_model import cache_dir
+    from cogenesis.core.paths import cache_dir
 
     return cache_dir() / "judge"
 
@@ -166,31 +164,26 @@ class Judge:
     def __init__(self, base_url: str = DEFAULT_URL, model: str | None = None, api_key: str | None = None,
                  cache_dir: str | Path | None = None, max_tokens: int = 256, temperature: float = 0.0,
                  timeout: float = 300.0, retries: int = 2):
-        if "://" not in base_url:
-            raise ValueError(f"judge url must be like http://127.0.0.1:8000 (got {base_url!r})")
-        url = base_url.rstrip("/")
-        self.base_url = url[:-3] if url.endswith("/v1") else url
+        self.base_url = normalize_base_url(base_url, "judge url")
         self.api_key = api_key or next((os.environ[e] for e in API_KEY_ENVS if os.environ.get(e)), None)
         self._model = model
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.max_tokens, self.temperature, self.timeout, self.retries = max_tokens, temperature, timeout, retries
-        self.http = requests.Session()
         self.requests_sent = 0
         self.cache_hits = 0
+        self.transport = Transport(self.base_url, self.api_key, timeout=timeout, retries=retries,
+                                   on_attempt=self._count)
 
-    def _headers(self) -> dict:
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+    def _count(self, n_bytes: int) -> None:
+        self.requests_sent += 1
 
     @property
     def model(self) -> str:
         if self._model is None:
-            url = self.base_url + "/v1/models"
             try:
-                r = self.http.get(url, headers=self._headers(), timeout=30)
-                r.raise_for_status()
-                self._model = str(r.json()["data"][0]["id"])
-            except (requests.RequestException, ValueError, KeyError, IndexError, TypeError) as e:
-                raise JudgeError(f"cannot list the judge's models at {url} ({type(e).__name__}: {e}); "
+                self._model = str(self.transport.send_json("GET", "/v1/models")["data"][0]["id"])
+            except (CloudError, KeyError, IndexError, TypeError) as e:
+                raise JudgeError(f"cannot list the judge's models at {self.base_url}/v1/models ({e}); "
                                  "start the judge server or pass its model name") from e
         return self._model
 
@@ -221,26 +214,13 @@ class Judge:
         return text, False
 
     def _post(self, messages: list[dict]) -> str:
-        url = self.base_url + "/v1/chat/completions"
         body = {"model": self.model, "messages": messages, "max_tokens": self.max_tokens,
                 "temperature": self.temperature}
-        last: Exception | None = None
-        for attempt in range(self.retries + 1):
-            self.requests_sent += 1
-            try:
-                r = self.http.post(url, json=body, headers=self._headers(), timeout=self.timeout)
-                if r.status_code in (429, 500, 502, 503, 504) and attempt < self.retries:
-                    time.sleep(0.5 * 2**attempt)
-                    continue
-                r.raise_for_status()
-                content = r.json()["choices"][0]["message"]["content"]
-                return content or ""
-            except requests.Timeout as e:
-                last = e
-                continue
-            except (requests.RequestException, ValueError, KeyError, IndexError, TypeError) as e:
-                raise JudgeError(f"judge request to {url} failed ({type(e).__name__}: {e})") from e
-        raise JudgeError(f"judge request to {url} failed after {self.retries + 1} tries ({last})")
+        try:
+            content = self.transport.post("/v1/chat/completions", body)["choices"][0]["message"]["content"]
+        except (CloudError, KeyError, IndexError, TypeError) as e:
+            raise JudgeError(f"judge request to {self.base_url}/v1/chat/completions failed ({e})") from e
+        return content or ""
 
     def judge(self, record: TaskRecord, answer: str, aspect: str) -> Judgment:
         """One judgment (1-10, None when the judge's answer holds no rating)."""
@@ -251,4 +231,4 @@ class Judge:
         return {a: self.judge(record, answer, a) for a in aspects}
 
     def close(self) -> None:
-        self.http.close()
+        self.transport.close()

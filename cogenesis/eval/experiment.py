@@ -6,14 +6,14 @@ Systems (the paper's Table 1 rows, plus block fusion):
   context. Its guard runs in ``audit`` mode, so the leak is measured, not blocked.
 * ``llm-noctx``: the cloud model with the task alone.
 * ``slm-ctx``: the on-device model with the context (``write(mode="local")``); nothing leaves the device.
-* ``sketch``, ``logits``, ``logits-block``: CoGenesis through ``cogenesis.write`` (the modes of the same name).
+* ``sketch``, ``logits``, ``logits-block``: CoGenesis through ``cogenesis.cogen.write`` (the modes of the same name).
 
 Every cloud request goes through the client's egress guard (mode ``guard_mode``, default ``audit``: each
 method's own leakage is measured; ``strict`` measures the product as shipped, where flagged requests are
 refused and the answer falls back to local). Per system: ROUGE-1/L, METEOR, embedding similarity, the three
 judge ratings (when a judge is configured), leakage (fraction of the record's private facts found in the
-exact bytes that were sent, by the independent detector `cogenesis.leakcheck`, NOT by the guard's own
-findings; which facts and how: `cogenesis.evaluate.private_facts`), planted-canary leaks (same detector),
+exact bytes that were sent, by the independent detector `cogenesis.eval.leakcheck`, NOT by the guard's own
+findings; which facts and how: `cogenesis.eval.metrics.private_facts`), planted-canary leaks (same detector),
 the guard's findings per answer (informational), bytes and requests per answer, fallbacks, errors and wall
 time. A system that cannot run here (no cloud URL, server down, a `write` mode not registered yet) is listed
 with the reason in the report.
@@ -37,10 +37,10 @@ from typing import Any
 import requests
 
 from cogenesis.cloud_bridge.audit import JsonlTail
-from cogenesis.context import PrivateContext
+from cogenesis.core.context import PrivateContext
 from cogenesis.data.prompts import with_context, without_context
 from cogenesis.data.records import TaskRecord, load_records
-from cogenesis.evaluate import (
+from cogenesis.eval.metrics import (
     Embedder,
     body_texts,
     canary_hits,
@@ -176,9 +176,9 @@ def _probe_cloud(cloud_url: str | None, api_key: str | None) -> tuple[Any, str |
 
 def _probe_mode(mode: str) -> str | None:
     try:
-        from cogenesis.write import _mode_fn
+        from cogenesis.cogen.write import _mode_fn
     except ImportError as e:
-        return f"cogenesis.write is not available ({e})"
+        return f"cogenesis.cogen.write is not available ({e})"
     try:
         _mode_fn(mode)
     except ValueError as e:
@@ -339,7 +339,7 @@ def _run_one(system: str, rec: TaskRecord, ctx: PrivateContext, model, client, g
             c = client.with_guard(guard)
             row.text = c.chat(msgs, max_tokens=gen["max_new_tokens"], temperature=gen["temperature"]).text
         else:
-            from cogenesis.write import write
+            from cogenesis.cogen.write import write
 
             opts = dict(options)
             if system == "sketch" and cloud_max_tokens and "max_tokens" not in opts:
@@ -379,7 +379,7 @@ def _score(rows: list[Row], records: list[TaskRecord], embed: bool, judge_url: s
     if not judge_url:
         notes.append("Judge ratings not computed: no judge configured (--judge-url).")
         return notes
-    from cogenesis.judge import Judge, JudgeError
+    from cogenesis.eval.judge import Judge, JudgeError
 
     judge = Judge(judge_url, model=judge_model, cache_dir=judge_cache, max_tokens=judge_max_tokens)
     # record by record, then system: each aspect's prompt (instruction + the record's context + question) is the
@@ -475,7 +475,7 @@ def _markdown(config: dict, aggregates: dict[str, dict], skipped: dict[str, str]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Leakage: mean fraction of each record's private facts (private profile fields, past writings, "
               "private notes) found in the bytes sent to the cloud by an independent detector "
-              "(`cogenesis.leakcheck`: decoded bodies incl. token ids, normalized text; names, places, "
+              "(`cogenesis.eval.leakcheck`: decoded bodies incl. token ids, normalized text; names, places, "
               "identifiers, verbatim passages; not the egress guard's own findings). Leaking answers: fraction "
               "of answers that sent at least one. Canary leak: fraction of the made-up secrets planted in the "
               "private context found in the sent bytes.", ""]

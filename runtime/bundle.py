@@ -28,16 +28,15 @@ import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 
-FORMAT = "cogenesis-bundle"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-SIGNATURE = "manifest.sig"  # optional Ed25519 signature over manifest.json's bytes (cogenesis.bundle_signing)
-UNLISTED = (MANIFEST, SIGNATURE)  # the only files a bundle may hold that its files table does not list
-REQUIRED_FILES = ("tokenizer.json", "chat_template.jinja", "generation_config.json")
-
-
-class BundleError(Exception):
-    """A bundle that cannot be used; the message names the file and the fix."""
+from cogenesis.runtime.format import (  # noqa: F401  (re-exported: the names users import from here)
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    REQUIRED_FILES,
+    SIGNATURE,
+    UNLISTED,
+    BundleError,
+)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -76,7 +75,7 @@ def read_manifest(bundle: str | Path, kinds: tuple[str, ...] = ("onnx",), truste
         raise BundleError(f"{mpath} is missing (or a symlink): not a cogenesis bundle (re-export with `cogenesis export`)")
     raw = mpath.read_bytes()
     if trusted_keys is not None:
-        from cogenesis.bundle_signing import verify_manifest_bytes
+        from cogenesis.runtime.signing import verify_manifest_bytes
 
         verify_manifest_bytes(root, raw, trusted_keys)
     try:
