@@ -55,7 +55,9 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -ra -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check cogenesis export runtime cloud_bridge calibration tests bench
+	$(BIN)/ruff check cogenesis export runtime cloud_bridge calibration tests bench scripts
+	# the layer contracts (import-linter, pyproject [tool.importlinter]) on the package as installed
+	$(BIN)/python scripts/lint_imports.py
 
 bench: $(STAMP) $(BUNDLE)/manifest.json
 	# the llama.cpp row: a prebuilt llama.cpp from npm (node-llama-cpp, nothing compiled); skipped without node/npm

@@ -6,7 +6,7 @@ Each request is `CloudClient.next_token_logprobs(prefix, (), k=20)` (what per-st
 * warm: every client keeps one session and its prefix grows by one token per request (the server's prefix
   cache runs 1 new token);
 * cold: a new session per request with a ~200-token prefix (the whole prefix is prefilled).
-The server runs in a subprocess (`python -m cogenesis.cloud_bridge.server`); clients are threads with their
+The server runs in a subprocess (`python -m cogenesis cloud serve`); clients are threads with their
 own connection; the client guard is off (we time the server, not the on-device scan).
 Writes bench/results/cloud_server.json and bench/results/cloud_server.md.
 """

@@ -15,349 +15,49 @@ logit diff ~1e-4), teacher-forced on prompt + reference text; agreement/KL are o
 Variants (names are stable; `VARIANTS` documents each):
   fp32, int8-dynamic, int8-static-qdq, int8-wo, int4-{sym,asym}-b{32,128}, int4-asym-b32-acc0,
   int4-asym-b32-head4, int4-asym-b32-q8emb, gguf-int4, gguf-int4-fast, builder-int4, et-8da4w, et-8da4w-gguf.
+
+Modules: ``quant_variants`` (what each variant is, building and caching it), ``quant_measure`` (held-out data,
+quality and speed), this one (the choice per device profile, the report, the CLI); every name stays importable
+from here.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+from cogenesis.calibration.quant_measure import (  # noqa: F401
+    _decoder,
+    _encoder,
+    _log_softmax,
+    _logits_over_reference,
+    encode_records,
+    measure_quality,
+    measure_speed,
+    reference_logprobs,
+    split_records,
+)
+from cogenesis.calibration.quant_variants import (  # noqa: F401
+    DEFAULT_VARIANTS,
+    LM_HEAD_NODE,
+    LM_HEAD_WEIGHT,
+    VARIANTS,
+    Variant,
+    _CalibReader,
+    _code_key,
+    _matmulnbits,
+    _q8_codes,
+    _q8_head_and_embedding,
+    build_variant,
+    model_bytes,
+    variant_model,
+)
 
-LM_HEAD_NODE = "/lm_head/MatMul"
-LM_HEAD_WEIGHT = "lm_head.MatMul.weight"
-
-
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    family: str  # fp32 | int8 | int4 | gguf | builder | executorch
-    doc: str
-    runtime: str = "onnx"  # onnx | executorch
-
-
-VARIANTS = {v.name: v for v in [
-    Variant("fp32", "fp32", "the builder's fp32 graph (reference)"),
-    Variant("int8-dynamic", "int8", "onnxruntime quantize_dynamic: int8 weights per channel, activations per TENSOR "
-            "at run time (lm_head fp32)"),
-    Variant("int8-static-qdq", "int8", "onnxruntime quantize_static, QDQ: int8 weights per channel, activations per "
-            "tensor with ranges calibrated (MinMax) on context-aware prompts of held-in users (lm_head fp32)"),
-    Variant("int8-wo", "int8", "MatMulNBits 8-bit weights block 32, int8 activations per block of 32 "
-            "(accuracy_level 4; the `int8` bundle), lm_head fp32"),
-    Variant("int4-sym-b32", "int4", "MatMulNBits int4 symmetric block 32, accuracy_level 4, lm_head fp32"),
-    Variant("int4-asym-b32", "int4", "MatMulNBits int4 asymmetric block 32, accuracy_level 4, lm_head fp32"),
-    Variant("int4-sym-b128", "int4", "MatMulNBits int4 symmetric block 128, accuracy_level 4, lm_head fp32"),
-    Variant("int4-asym-b128", "int4", "MatMulNBits int4 asymmetric block 128, accuracy_level 4, lm_head fp32"),
-    Variant("int4-asym-b32-acc0", "int4", "as int4-asym-b32 with fp32 activations (accuracy_level 0)"),
-    Variant("int4-asym-b32-head4", "int4", "as int4-asym-b32 with lm_head int4 too (the fp32 weight stays for the "
-            "embedding gather)"),
-    Variant("int4-asym-b32-q8emb", "int4", "as int4-asym-b32 with lm_head and embedding sharing one int8 copy "
-            "(block 32, symmetric)"),
-    Variant("gguf-int4", "gguf", "GGUF-exact: the GGUF's own Q4_1/Q8_0 codes, fp32 activations (the `int4` bundle)"),
-    Variant("gguf-int4-fast", "gguf", "GGUF codes with int8 activations per block of 32 (the `int4-fast` bundle)"),
-    Variant("builder-int4", "builder", "onnxruntime-genai model builder `-p int4` (symmetric block 32, "
-            "accuracy_level 4, lm_head fp32)"),
-    Variant("et-8da4w", "executorch", "ExecuTorch .pte, XNNPACK, stock recipe: int4 weights (group 32, HQQ) x int8 "
-            "dynamic per-token activations for all linears incl. lm_head, embedding int8", runtime="executorch"),
-    Variant("et-8da4w-gguf", "executorch", "ExecuTorch .pte, XNNPACK: the GGUF's own Q4_1 codes x int8 dynamic "
-            "per-token activations, lm_head int8 per channel, embedding = GGUF Q8_0 codes", runtime="executorch"),
-]}
-DEFAULT_VARIANTS = tuple(VARIANTS)
 QUALITY_GATE = {"min_top1": 0.98, "max_kl": 0.02}
-
-
-# -- data ---------------------------------------------------------------------------------------------------------
-def _encoder(hf_dir: Path):
-    from cogenesis.export.pipeline import _chat_template
-    from cogenesis.runtime.chat import compile_template, render
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(hf_dir / "tokenizer.json"))
-    tpl = compile_template(_chat_template(hf_dir))
-
-    def enc_text(text: str) -> list[int]:
-        return tok.encode(text, add_special_tokens=False).ids
-
-    def render_msgs(msgs, gen=True) -> str:
-        return render(tpl, msgs, gen)
-
-    return enc_text, render_msgs
-
-
-def split_records(records, n_calib_users: int = 2):
-    users = list(dict.fromkeys(r.user_id for r in records))
-    calib = set(users[:n_calib_users])
-    return [r for r in records if r.user_id in calib], [r for r in records if r.user_id not in calib]
-
-
-def encode_records(hf_dir: Path, records, max_ref_tokens: int = 192) -> list[dict]:
-    """prompt ids (with_context, generation prompt) + reference ids (the assistant turn, clipped)."""
-    from cogenesis.data.prompts import with_context
-
-    enc, render = _encoder(hf_dir)
-    out = []
-    for r in records:
-        msgs = with_context(r)
-        prompt = render(msgs, True)
-        full = render(msgs + [{"role": "assistant", "content": r.reference}], False)
-        if not full.startswith(prompt):
-            raise ValueError(f"{r.tid}: the chat template does not extend the prompt with the assistant turn")
-        out.append({"tid": r.tid, "prompt_ids": enc(prompt), "ref_ids": enc(full[len(prompt):])[:max_ref_tokens]})
-    return out
-
-
-# -- building variants --------------------------------------------------------------------------------------------
-def _q8_codes(w_nk: np.ndarray):
-    """Symmetric int8 codes per block of 32 along K (Q8_0-like) of a [N, K] weight."""
-    from cogenesis.export.gguf_codes import BLOCK, BlockCodes
-
-    n, k = w_nk.shape
-    b = w_nk.reshape(n, k // BLOCK, BLOCK)
-    d = np.abs(b).max(-1) / 127.0
-    d = np.where(d == 0, 1.0, d).astype(np.float32)
-    q = np.clip(np.rint(b / d[..., None]), -127, 127).astype(np.int8).reshape(n, k)
-    return BlockCodes(q, d, None, "Q8_0")
-
-
-def _q8_head_and_embedding(model, q8_accuracy_level: int = 4) -> None:
-    """lm_head MatMul and the embedding gather on one shared int8 copy of the tied weight (gguf_exact's rewrite)."""
-    from cogenesis.export import gguf_exact
-    from cogenesis.export.graph import initializer_map
-    from onnx import helper, numpy_helper
-
-    g = model.graph
-    w = numpy_helper.to_array(initializer_map(g)[LM_HEAD_WEIGHT])  # [K, N]
-    weights = {LM_HEAD_WEIGHT: _q8_codes(np.ascontiguousarray(w.T))}
-    new_inits: list = []
-    gguf_exact._replace_embedding(g, weights, new_inits)
-    node = next(n for n in g.node if n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] == LM_HEAD_WEIGHT)
-    idx = list(g.node).index(node)
-    new = gguf_exact._replace_matmul(g, node, weights[LM_HEAD_WEIGHT], 0, q8_accuracy_level, {}, new_inits)
-    g.node.remove(node)
-    for j, n in enumerate(new):
-        g.node.insert(idx + j, n)
-    used = {i for n in g.node for i in n.input}
-    keep = [t for t in g.initializer if t.name in used]
-    fresh = {t.name: t for t in new_inits if t.name in used}
-    del g.initializer[:]
-    g.initializer.extend(keep + list(fresh.values()))
-    if not any(o.domain == gguf_exact.MS for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(gguf_exact.MS, 1))
-
-
-def _matmulnbits(model, bits: int, block: int, symmetric: bool, acc: int, head: bool) -> None:
-    from onnxruntime.quantization.matmul_nbits_quantizer import (
-        DefaultWeightOnlyQuantConfig,
-        MatMulNBitsQuantizer,
-    )
-
-    cfg = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=symmetric, accuracy_level=acc, bits=bits)
-    q = MatMulNBitsQuantizer(model, nodes_to_exclude=[] if head else [LM_HEAD_NODE], algo_config=cfg)
-    q.process()
-    model.CopyFrom(q.model.model)
-
-
-class _CalibReader:
-    """onnxruntime CalibrationDataReader over context-aware prompts: one prefill per prompt (empty past)."""
-
-    def __init__(self, seqs: list[list[int]], kv, input_names: set[str]):
-        self.feeds = []
-        for ids in seqs:
-            f = {"input_ids": np.asarray([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64)}
-            for i in range(kv.num_layers):
-                for t in ("key", "value"):
-                    f[f"past_key_values.{i}.{t}"] = np.zeros((1, kv.num_kv_heads, 0, kv.head_dim), np.float32)
-            if "num_logits_to_keep" in input_names:
-                f["num_logits_to_keep"] = np.array(1, np.int64)
-            self.feeds.append(f)
-        self._it = iter(self.feeds)
-
-    def get_next(self):
-        return next(self._it, None)
-
-    def rewind(self):
-        self._it = iter(self.feeds)
-
-
-def build_variant(name: str, fp32_path: Path, src, dst: Path, calib_seqs: list[list[int]] | None = None,
-                  kv=None) -> dict:
-    """Write variant `name` of the fp32 graph to dst/model.onnx(+.data); returns its quantization facts."""
-    import onnx
-    from cogenesis.export import graph, quantize
-
-    dst.mkdir(parents=True, exist_ok=True)
-    if name == "fp32":
-        raise ValueError("fp32 is the cached builder graph itself (variant_model returns it); nothing to build")
-    if name == "int8-dynamic":
-        return quantize.int8_dynamic(fp32_path, dst / "model.onnx")
-    if name == "int8-static-qdq":
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-        if not calib_seqs:
-            raise ValueError("int8-static-qdq needs calibration prompts")
-        names = {i.name for i in onnx.load(str(fp32_path), load_external_data=False).graph.input}
-        quantize_static(str(fp32_path), str(dst / "model.onnx"), _CalibReader(calib_seqs, kv, names),
-                        quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"], per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        nodes_to_exclude=[LM_HEAD_NODE], use_external_data_format=True,
-                        calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"MatMulConstBOnly": True, "ActivationSymmetric": False})
-        return {"scheme": "int8-static-qdq", "calibration": f"MinMax over {len(calib_seqs)} context-aware prompts "
-                f"({sum(map(len, calib_seqs))} tokens)", "activations": "uint8 per tensor", "weights": "int8 per channel",
-                "lm_head": "fp32"}
-    m = onnx.load(str(fp32_path))
-    if name == "int8-wo":
-        info = quantize.weight_only(m, bits=8, symmetric=True)
-    elif name.startswith("int4-"):
-        parts = name.split("-")
-        sym, block = parts[1] == "sym", int(parts[2][1:])
-        acc = 0 if "acc0" in parts else 4
-        head = "head4" in parts
-        _matmulnbits(m, 4, block, sym, acc, head)
-        info = {"scheme": "int4-matmulnbits", "block_size": block, "symmetric": sym, "accuracy_level": acc,
-                "lm_head": "int4" if head else "fp32"}
-        if "q8emb" in parts:
-            _q8_head_and_embedding(m)
-            info.update(lm_head="int8 block 32 (shared with embedding)", embedding="int8 block 32")
-    elif name in ("gguf-int4", "gguf-int4-fast"):
-        if src.gguf is None:
-            raise ValueError(f"{name} needs a GGUF source model")
-        from cogenesis.export.gguf_exact import quantize_gguf_exact
-
-        info = quantize_gguf_exact(m, str(src.gguf), accuracy_level=4 if name.endswith("fast") else 0)
-    else:
-        raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
-    graph.save(m, str(dst / "model.onnx"), "model.onnx.data")
-    return info
-
-
-def _code_key() -> str:
-    """Version of the variant-building code (not of the measuring/report code: editing that keeps the cache)."""
-    import inspect
-
-    root = Path(__file__).resolve().parents[1] / "export"
-    h = hashlib.sha256()
-    for fn in (build_variant, _matmulnbits, _q8_head_and_embedding, _q8_codes, _CalibReader):
-        h.update(inspect.getsource(fn).encode())
-    for f in ("quantize.py", "gguf_exact.py", "gguf_codes.py", "graph.py", "onnx_export.py"):
-        p = root / f
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()[:12]
-
-
-def variant_model(name: str, src, calib_seqs=None, kv=None) -> tuple[Path, dict]:
-    """(path, facts) of a variant: .onnx graphs cached per fp32 graph + code version, the .pte via executorch."""
-    from cogenesis.export.pipeline import _fp32_cached
-
-    from cogenesis.core.paths import cache_dir
-
-    if name.startswith("et-"):
-        from cogenesis.export.executorch_export import cached_pte
-
-        pte, facts = cached_pte(src.hf_dir, name[3:])
-        return pte, {"scheme": facts["scheme"], "export_seconds": facts.get("export_seconds")}
-    if name == "builder-int4":
-        from cogenesis.export.onnx_export import run_builder
-
-        d = cache_dir() / "bench" / "genai-int4"  # shared with bench/edge_decode.py
-        if not (d / "model.onnx").is_file():
-            run_builder(src.hf_dir, d, precision="int4")
-        return d / "model.onnx", {"scheme": VARIANTS[name].doc}
-    fp32 = _fp32_cached(src.hf_dir)
-    if name == "fp32":  # no copy, no link (onnx refuses external data with several hard links)
-        return fp32, {"scheme": "fp32"}
-    d = cache_dir() / "quant-variants" / f"{fp32.parent.name}-{_code_key()}" / name
-    facts_path = d / "facts.json"
-    if not facts_path.is_file():
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=d.parent if d.parent.exists() else None))
-        try:
-            facts = build_variant(name, fp32, src, tmp, calib_seqs, kv)
-            (tmp / "facts.json").write_text(json.dumps(facts, indent=2))
-            if d.exists():
-                shutil.rmtree(d)
-            d.parent.mkdir(parents=True, exist_ok=True)
-            tmp.rename(d)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return d / "model.onnx", json.loads(facts_path.read_text())
-
-
-def model_bytes(path: Path) -> int:
-    if path.suffix == ".pte":
-        return path.stat().st_size
-    data = {path.name}
-    import onnx
-
-    m = onnx.load(str(path), load_external_data=False)
-    data |= {e.value for t in m.graph.initializer for e in t.external_data if e.key == "location"}
-    return sum((path.parent / f).stat().st_size for f in data)
-
-
-# -- measuring ----------------------------------------------------------------------------------------------------
-def _decoder(path: Path, kv, threads: int):
-    if path.suffix == ".pte":
-        from cogenesis.export.executorch_export import PteDecoder
-
-        return PteDecoder(path, threads=threads)
-    from cogenesis.runtime.model import Decoder, make_session, uses_gqa
-
-    return Decoder(make_session(str(path), threads), kv, shared_kv=uses_gqa(str(path)))
-
-
-def _logits_over_reference(dec, rec: dict) -> np.ndarray:
-    """Logits predicting each reference token: [len(ref), vocab]."""
-    p, r = rec["prompt_ids"], rec["ref_ids"]
-    dec.reset()
-    if hasattr(dec, "session"):  # onnxruntime: one teacher-forced pass
-        return dec.forward(p + r, keep=len(r) + 1)[:-1]
-    rows = [dec.forward(p)[-1]]  # a .pte returns the last position only: feed the reference token by token
-    for t in r[:-1]:
-        rows.append(dec.forward([t])[-1])
-    return np.stack(rows)
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
-def reference_logprobs(fp32_path: Path, kv, recs: list[dict], threads: int) -> list[np.ndarray]:
-    dec = _decoder(fp32_path, kv, threads)
-    return [_log_softmax(_logits_over_reference(dec, r)).astype(np.float32) for r in recs]
-
-
-def measure_quality(dec, recs: list[dict], ref_lp: list[np.ndarray]) -> dict:
-    agree, kl, nll, n = 0.0, 0.0, 0.0, 0
-    for rec, lp in zip(recs, ref_lp, strict=True):
-        lq = _log_softmax(_logits_over_reference(dec, rec))
-        tgt = np.asarray(rec["ref_ids"])
-        agree += float((lq.argmax(-1) == lp.argmax(-1)).sum())
-        kl += float((np.exp(lp) * (lp - lq)).sum(-1).sum())
-        nll += float(-lq[np.arange(len(tgt)), tgt].sum())
-        n += len(tgt)
-    return {"teacher_forced_top1": agree / n, "mean_kl": max(kl / n, 0.0),  # fp32 vs itself: -1e-9 rounding
-            "perplexity": float(np.exp(nll / n)), "positions": n}
-
-
-def measure_speed(dec, prompt: list[int], new_tokens: int, repeats: int = 2) -> float:
-    best = 0.0
-    for _ in range(repeats):
-        dec.reset()
-        lg = dec.forward(prompt)[-1]
-        t = time.perf_counter()
-        for _ in range(new_tokens):
-            lg = dec.forward([int(np.argmax(lg))])[-1]
-        best = max(best, new_tokens / (time.perf_counter() - t))
-    return best
 
 
 # -- choosing -----------------------------------------------------------------------------------------------------
@@ -391,6 +91,146 @@ def choose(rows: list[dict], target, facts: dict, gate: dict = QUALITY_GATE) -> 
 
 
 # -- report -------------------------------------------------------------------------------------------------------
+@dataclass
+class _Data:
+    """The encoded calibration and held-out records of one report."""
+
+    calib_recs: list[dict]
+    held_recs: list[dict]
+
+    @property
+    def calib_seqs(self) -> list[list[int]]:
+        return [r["prompt_ids"] + r["ref_ids"] for r in self.calib_recs]
+
+    @property
+    def n_ref(self) -> int:
+        return sum(len(r["ref_ids"]) for r in self.held_recs)
+
+
+def _variant_names(variants) -> list[str]:
+    names = list(variants or DEFAULT_VARIANTS)
+    for n in names:
+        if n not in VARIANTS:
+            raise ValueError(f"unknown variant {n!r}; choose from {', '.join(VARIANTS)}")
+    if "fp32" not in names:
+        names.insert(0, "fp32")
+    return names
+
+
+def _logger(progress: bool):
+    def log(msg):
+        if progress:
+            print(f"[quant] {msg}", flush=True)
+
+    return log
+
+
+def _encode_data(src, calib_users: int, max_heldout: int | None, max_ref_tokens: int) -> _Data:
+    """The shipped sample split by user (calibration / held out), encoded as the on-device model sees it."""
+    from cogenesis.data.records import load_sample
+
+    calib, held = split_records(load_sample(), calib_users)
+    held = held[:max_heldout] if max_heldout else held
+    return _Data(encode_records(src.hf_dir, calib, max_ref_tokens), encode_records(src.hf_dir, held, max_ref_tokens))
+
+
+def _reused_quality(reuse_quality: str | Path | None, data: _Data, model_name: str) -> dict[str, dict]:
+    """Rows of an earlier report over the same held-out data and model, by variant ({} without one)."""
+    if not reuse_quality:
+        return {}
+    prev = json.loads(Path(reuse_quality).read_text())
+    if (prev["data"]["heldout_records"] != [r["tid"] for r in data.held_recs]
+            or prev["data"]["heldout_reference_tokens"] != data.n_ref or prev.get("model") != model_name):
+        raise ValueError(f"{reuse_quality}: measured on other held-out data or model; cannot reuse its quality")
+    return {r["variant"]: r for r in prev["rows"] if "error" not in r}
+
+
+def _quality_row(n: str, src, kv, data: _Data, reused: dict, threads: int, log, ref: list) -> dict:
+    """Build/load variant `n` and measure its quality (or take it from `reused`). `ref` holds the fp32 reference
+    log-probs once computed (on first need); a variant that cannot be built or run is reported, not fatal."""
+    from cogenesis.export.pipeline import _fp32_cached
+
+    v = VARIANTS[n]
+    log(f"{n}: build/load")
+    row = {"variant": n, "family": v.family, "runtime": v.runtime, "doc": v.doc}
+    try:
+        path, qfacts = variant_model(n, src, data.calib_seqs, kv)
+        row.update(bytes=model_bytes(path), quant=qfacts, path=str(path))
+        if n in reused:
+            row.update({k: reused[n][k] for k in ("teacher_forced_top1", "mean_kl", "perplexity", "positions")})
+        else:
+            if not ref:
+                log("fp32 reference log-probs")
+                ref.append(reference_logprobs(_fp32_cached(src.hf_dir), kv, data.held_recs, threads))
+            log(f"{n}: quality")
+            row.update(measure_quality(_decoder(path, kv, threads), data.held_recs, ref[0]))
+    except Exception as e:  # a variant that cannot be built or run is reported, not fatal
+        row["error"] = f"{type(e).__name__}: {str(e)[-600:]}"
+        log(f"{n}: FAILED {row['error'][:200]}")
+    if "error" not in row:
+        log(f"{n}: {row['bytes'] / 2**20:.0f} MB  top-1 {row['teacher_forced_top1']:.3f}  KL {row['mean_kl']:.4f}  "
+            f"ppl {row['perplexity']:.2f}")
+    return row
+
+
+def _measure_speeds(rows: list[dict], kv, threads: int, prompt: list[int], decode_tokens: int, rounds: int,
+                    log) -> None:
+    """Decode tok/s of every working row, round-robin `rounds` times, best kept (a failure marks the row)."""
+    for k in range(rounds):
+        for row in rows:
+            if "error" in row:
+                continue
+            try:
+                dec = _decoder(Path(row["path"]), kv, threads)
+                row.setdefault("decode_tok_s_rounds", []).append(
+                    round(measure_speed(dec, prompt, decode_tokens, repeats=1), 2))
+                del dec
+            except Exception as e:
+                row["error"] = f"speed: {type(e).__name__}: {str(e)[-600:]}"
+                continue
+            row["decode_tok_s"] = max(row["decode_tok_s_rounds"])
+        log(f"speed round {k + 1}/{rounds}: " + ", ".join(
+            f"{r['variant']} {r['decode_tok_s_rounds'][-1]:.0f}" for r in rows if "error" not in r))
+
+
+def _speed_info(threads: int, decode_tokens: int, prompt_tokens: int, rounds: int) -> dict:
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    return {"threads": threads, "decode_tokens": decode_tokens, "prompt_tokens": prompt_tokens,
+            "rounds": rounds, "cpu_count": os.cpu_count(), "load_average_at_end": load,
+            "note": f"best of {rounds} round-robin rounds over all variants; on a shared machine "
+                    "tok/s is noisy, compare within one report"}
+
+
+def _report_dict(model_name: str, data: _Data, max_ref_tokens: int, speed: dict, rows: list[dict],
+                 choices: list[dict], t0: float) -> dict:
+    return {
+        "model": model_name,
+        "reference": "our fp32 ONNX graph, teacher-forced on held-out prompt + reference text",
+        "data": {"source": "cogenesis/assets/sample_data.json (load_sample), prompts = with_context(record)",
+                 "calibration_records": [r["tid"] for r in data.calib_recs],
+                 "heldout_records": [r["tid"] for r in data.held_recs],
+                 "heldout_reference_tokens": data.n_ref, "max_ref_tokens": max_ref_tokens},
+        "speed": speed,
+        "quality_gate": QUALITY_GATE,
+        "rows": [{k: v for k, v in r.items() if k != "path"} for r in rows],
+        "choices": choices,
+        "seconds": round(time.time() - t0, 1),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+def _write_report(rep: dict, out: Path, plot: bool) -> None:
+    """quant_report.json and .md in `out`, and the plot when asked for and some variant worked."""
+    (out / "quant_report.json").write_text(json.dumps(rep, indent=2))
+    (out / "quant_report.md").write_text(format_markdown(rep))
+    if plot and any("error" not in r for r in rep["rows"]):
+        rep["plot"] = str(plot_report(rep, out / "quant_report.png"))
+        (out / "quant_report.json").write_text(json.dumps(rep, indent=2))
+
+
 def quant_report(out_dir: str | Path, variants: list[str] | tuple[str, ...] | None = None, model: str | None = None,
                  threads: int = 2, max_heldout: int | None = None, max_ref_tokens: int = 192,
                  decode_tokens: int = 64, calib_users: int = 2, targets: list[str] | None = None,
@@ -403,112 +243,31 @@ def quant_report(out_dir: str | Path, variants: list[str] | tuple[str, ...] | No
     reuse_quality: a previous quant_report.json over the same held-out data; its quality numbers are kept and only
     speed is measured again (quality does not depend on the machine)."""
     from cogenesis.export.onnx_export import model_facts
-    from cogenesis.export.pipeline import _fp32_cached, resolve_source
+    from cogenesis.export.pipeline import resolve_source
     from cogenesis.export.targets import TARGETS, get_target
     from cogenesis.runtime.model import KVSpec
 
-    from cogenesis.data.records import load_sample
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    names = list(variants or DEFAULT_VARIANTS)
-    for n in names:
-        if n not in VARIANTS:
-            raise ValueError(f"unknown variant {n!r}; choose from {', '.join(VARIANTS)}")
-    if "fp32" not in names:
-        names.insert(0, "fp32")
-
-    def log(msg):
-        if progress:
-            print(f"[quant] {msg}", flush=True)
-
+    names = _variant_names(variants)
+    log = _logger(progress)
     t0 = time.time()
     src = resolve_source(model)
     facts = model_facts(src.hf_dir)
     kv = KVSpec(facts["num_layers"], facts["num_kv_heads"], facts["head_dim"])
-    calib, held = split_records(load_sample(), calib_users)
-    held = held[:max_heldout] if max_heldout else held
-    calib_recs = encode_records(src.hf_dir, calib, max_ref_tokens)
-    held_recs = encode_records(src.hf_dir, held, max_ref_tokens)
-    calib_seqs = [r["prompt_ids"] + r["ref_ids"] for r in calib_recs]
-    n_ref = sum(len(r["ref_ids"]) for r in held_recs)
-    reused: dict[str, dict] = {}
-    if reuse_quality:
-        prev = json.loads(Path(reuse_quality).read_text())
-        if (prev["data"]["heldout_records"] != [r["tid"] for r in held_recs]
-                or prev["data"]["heldout_reference_tokens"] != n_ref or prev.get("model") != src.name):
-            raise ValueError(f"{reuse_quality}: measured on other held-out data or model; cannot reuse its quality")
-        reused = {r["variant"]: r for r in prev["rows"] if "error" not in r}
-    log(f"{len(held_recs)} held-out records ({n_ref} reference tokens), {len(calib_recs)} calibration records")
-    ref_lp = None
-    rows = []
-    for n in names:
-        v = VARIANTS[n]
-        log(f"{n}: build/load")
-        row = {"variant": n, "family": v.family, "runtime": v.runtime, "doc": v.doc}
-        try:
-            path, qfacts = variant_model(n, src, calib_seqs, kv)
-            row.update(bytes=model_bytes(path), quant=qfacts, path=str(path))
-            if n in reused:
-                row.update({k: reused[n][k] for k in ("teacher_forced_top1", "mean_kl", "perplexity", "positions")})
-            else:
-                if ref_lp is None:
-                    log("fp32 reference log-probs")
-                    ref_lp = reference_logprobs(_fp32_cached(src.hf_dir), kv, held_recs, threads)
-                log(f"{n}: quality")
-                row.update(measure_quality(_decoder(path, kv, threads), held_recs, ref_lp))
-        except Exception as e:  # a variant that cannot be built or run is reported, not fatal
-            row["error"] = f"{type(e).__name__}: {str(e)[-600:]}"
-            log(f"{n}: FAILED {row['error'][:200]}")
-        rows.append(row)
-        if "error" not in row:
-            log(f"{n}: {row['bytes'] / 2**20:.0f} MB  top-1 {row['teacher_forced_top1']:.3f}  KL {row['mean_kl']:.4f}  "
-                f"ppl {row['perplexity']:.2f}")
-    speed_prompt = held_recs[0]["prompt_ids"][-200:]
-    for k in range(speed_rounds):
-        for row in rows:
-            if "error" in row:
-                continue
-            try:
-                dec = _decoder(Path(row["path"]), kv, threads)
-                row.setdefault("decode_tok_s_rounds", []).append(
-                    round(measure_speed(dec, speed_prompt, decode_tokens, repeats=1), 2))
-                del dec
-            except Exception as e:
-                row["error"] = f"speed: {type(e).__name__}: {str(e)[-600:]}"
-                continue
-            row["decode_tok_s"] = max(row["decode_tok_s_rounds"])
-        log(f"speed round {k + 1}/{speed_rounds}: " + ", ".join(
-            f"{r['variant']} {r['decode_tok_s_rounds'][-1]:.0f}" for r in rows if "error" not in r))
+    data = _encode_data(src, calib_users, max_heldout, max_ref_tokens)
+    reused = _reused_quality(reuse_quality, data, src.name)
+    log(f"{len(data.held_recs)} held-out records ({data.n_ref} reference tokens), "
+        f"{len(data.calib_recs)} calibration records")
+    ref: list = []
+    rows = [_quality_row(n, src, kv, data, reused, threads, log, ref) for n in names]
+    speed_prompt = data.held_recs[0]["prompt_ids"][-200:]
+    _measure_speeds(rows, kv, threads, speed_prompt, decode_tokens, speed_rounds, log)
     ok = [r for r in rows if "error" not in r]
-    tnames = targets or list(TARGETS)
-    choices = [choose(ok, get_target(t), facts) for t in tnames]
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = None
-    rep = {
-        "model": src.name,
-        "reference": "our fp32 ONNX graph, teacher-forced on held-out prompt + reference text",
-        "data": {"source": "cogenesis/assets/sample_data.json (load_sample), prompts = with_context(record)",
-                 "calibration_records": [r["tid"] for r in calib_recs],
-                 "heldout_records": [r["tid"] for r in held_recs],
-                 "heldout_reference_tokens": n_ref, "max_ref_tokens": max_ref_tokens},
-        "speed": {"threads": threads, "decode_tokens": decode_tokens, "prompt_tokens": len(speed_prompt),
-                  "rounds": speed_rounds, "cpu_count": os.cpu_count(), "load_average_at_end": load,
-                  "note": f"best of {speed_rounds} round-robin rounds over all variants; on a shared machine "
-                          "tok/s is noisy, compare within one report"},
-        "quality_gate": QUALITY_GATE,
-        "rows": [{k: v for k, v in r.items() if k != "path"} for r in rows],
-        "choices": choices,
-        "seconds": round(time.time() - t0, 1),
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-    }
-    (out / "quant_report.json").write_text(json.dumps(rep, indent=2))
-    (out / "quant_report.md").write_text(format_markdown(rep))
-    if plot and ok:
-        rep["plot"] = str(plot_report(rep, out / "quant_report.png"))
-        (out / "quant_report.json").write_text(json.dumps(rep, indent=2))
+    choices = [choose(ok, get_target(t), facts) for t in targets or list(TARGETS)]
+    speed = _speed_info(threads, decode_tokens, len(speed_prompt), speed_rounds)
+    rep = _report_dict(src.name, data, max_ref_tokens, speed, rows, choices, t0)
+    _write_report(rep, out, plot)
     return rep
 
 

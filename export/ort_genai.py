@@ -28,6 +28,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
+from cogenesis.runtime.bundle import BundleError, read_manifest, write_bundle
+from cogenesis.runtime.chat import compile_template, render
+from cogenesis.runtime.model import KVSpec
+from onnx import numpy_helper
+
+from . import report
+from .graph import io_signature, save
+from .onnx_export import model_facts, run_builder
+from .pipeline import Source, _tool_versions, _write_chat_files, export_bundle, resolve_source
+from .targets import Target, budget_check, get_target
 
 QUANTS = ("fp32", "int8", "int4", "int4-fast", "int8-dynamic", "builder-int4")
 KEEP_INPUT = "num_logits_to_keep"
@@ -50,11 +61,6 @@ def write_genai_graph(src: Path, dst_dir: Path) -> bool:
     """Save the graph at `src` as dst_dir/model.onnx(+.data) with our `num_logits_to_keep` input turned into an
     initializer: onnxruntime-genai feeds only the inputs it knows. The default 0 = logits for every position,
     what the builder's own graphs return. Returns whether the input was there."""
-    import onnx
-    from onnx import numpy_helper
-
-    from .graph import save
-
     m = onnx.load(str(src))
     inp = next((i for i in m.graph.input if i.name == KEEP_INPUT), None)
     if inp is not None:
@@ -117,12 +123,73 @@ def genai_decode_speed(model_dir: Path, prompt_ids: list[int], new_tokens: int =
 
 
 def _builder_int4(hf_dir: Path, dst: Path) -> dict:
-    from .onnx_export import run_builder
-
     run_builder(hf_dir, dst, precision="int4")
     shutil.rmtree(dst / ".builder-cache", ignore_errors=True)
     return {"scheme": "onnxruntime-genai builder int4", "block_size": 32, "symmetric": True, "accuracy_level": 4,
             "lm_head": "fp32"}
+
+
+def _base_graph(model: str | None, src: Source, work: Path, quant: str, target: str, new_tokens: int,
+                prompts: list[str] | None, progress: bool,
+                base_bundle: str | Path | None) -> tuple[Path, dict | None, dict]:
+    """The graph to repackage: (its folder, its bundle's manifest or None for the builder's own, quant facts)."""
+    if base_bundle is not None:
+        base = Path(base_bundle)
+    elif quant == "builder-int4":
+        base = work / "builder"
+        return base, None, _builder_int4(src.hf_dir, base)
+    else:
+        base = export_bundle(model, work / "onnx", quant=quant, target=target, force=True, new_tokens=new_tokens,
+                             prompts=prompts, progress=progress)
+    base_manifest = read_manifest(base)
+    return base, base_manifest, base_manifest["quant"]
+
+
+def _genai_config(cfg: dict, tgt: Target, eos: list[int]) -> dict:
+    """The builder's genai_config.json set for our graph (model.onnx, one shared KV buffer) and the target."""
+    c = json.loads(json.dumps(cfg))
+    c["model"]["context_length"] = tgt.max_context
+    c["search"]["max_length"] = tgt.max_context
+    c["search"]["past_present_share_buffer"] = True  # GroupQueryAttention graphs: one buffer, past = present
+    c["model"]["eos_token_id"] = eos
+    c["model"]["decoder"]["filename"] = "model.onnx"
+    c["model"]["decoder"]["session_options"]["intra_op_num_threads"] = tgt.threads
+    return c
+
+
+def _genai_report(tmp: Path, hf_dir: Path, facts: dict, qinfo: dict, tgt: Target, t0: float,
+                  prompts: list[str] | None, new_tokens: int) -> dict:
+    """export_report.json: parity vs transformers eager under onnxruntime-genai and under cogenesis.runtime."""
+    runs = report.reference_runs(hf_dir, prompts or report.PARITY_PROMPTS, new_tokens)
+    g_par = genai_parity(tmp, runs)
+    kv = KVSpec(facts["num_layers"], facts["num_kv_heads"], facts["head_dim"])
+    o_par = report.bundle_parity(str(tmp / "model.onnx"), kv, runs)
+    weights = sum(f.stat().st_size for f in tmp.iterdir() if f.name.startswith("model.onnx"))
+    return {"quant": qinfo, "parity": o_par, "genai_parity": g_par,
+            "budget": budget_check(tgt, weights, facts), "target": tgt.to_dict(),
+            "export_seconds": round(time.time() - t0, 1)}
+
+
+def _genai_manifest(tmp: Path, src: Source, facts: dict, special: dict, qinfo: dict, target: str,
+                    exporter: str) -> dict:
+    """The manifest of an ort-genai bundle whose files are in `tmp`."""
+    sig = io_signature(onnx.load(str(tmp / "model.onnx"), load_external_data=False))
+    return {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "model": {**facts, "name": src.name, "source": {"name": src.name, "hf_dir": str(src.hf_dir)}},
+        "special_tokens": special,
+        "quant": qinfo,
+        "target": target,
+        "onnx": {"file": "model.onnx", "data": "model.onnx.data", "exporter": exporter,
+                 "kv_cache": "shared-buffer", **sig},
+        "ort_genai": {"config": "genai_config.json", "tokenizer_config": "tokenizer_config.json",
+                      "runtime": "onnxruntime-genai", "num_logits_to_keep": "initializer (0 = all)"},
+        "tokenizer": "tokenizer.json",
+        "chat_template": "chat_template.jinja",
+        "generation_config": "generation_config.json",
+        "report": "export_report.json",
+        "tools": _tool_versions(),
+    }
 
 
 def export_ort_genai_bundle(model: str | None, out: str | Path, quant: str = "int4", target: str = "laptop-x86_64",
@@ -132,14 +199,6 @@ def export_ort_genai_bundle(model: str | None, out: str | Path, quant: str = "in
 
     base_bundle: an existing ONNX bundle of the same source model to repackage instead of exporting `quant` again
     (its quantization is kept; `quant` is ignored)."""
-    from cogenesis.runtime.bundle import BundleError, read_manifest, write_bundle
-    from cogenesis.runtime.model import KVSpec
-
-    from . import report
-    from .onnx_export import model_facts
-    from .pipeline import _tool_versions, export_bundle, resolve_source
-    from .targets import budget_check, get_target
-
     if quant not in QUANTS:
         raise ValueError(f"--quant for --format ort-genai must be one of {QUANTS}, got {quant!r}")
     tgt = get_target(target)
@@ -151,72 +210,22 @@ def export_ort_genai_bundle(model: str | None, out: str | Path, quant: str = "in
     facts = model_facts(src.hf_dir)
     work = Path(tempfile.mkdtemp(prefix=".ort-genai-", dir=out.parent if out.parent.exists() else None))
     try:
-        if base_bundle is not None:
-            base = Path(base_bundle)
-            base_manifest = read_manifest(base)
-            qinfo = base_manifest["quant"]
-        elif quant == "builder-int4":
-            base, base_manifest = work / "builder", None
-            qinfo = _builder_int4(src.hf_dir, base)
-        else:
-            base = export_bundle(model, work / "onnx", quant=quant, target=target, force=True, new_tokens=new_tokens,
-                                 prompts=prompts, progress=progress)
-            base_manifest = read_manifest(base)
-            qinfo = base_manifest["quant"]
+        base, base_manifest, qinfo = _base_graph(model, src, work, quant, target, new_tokens, prompts, progress,
+                                                 base_bundle)
         cfg = builder_config(src.hf_dir, work / "cfg")
 
         def fill(tmp: Path) -> dict:
-            import onnx
-
-            from .graph import io_signature
-            from .pipeline import _chat_template, _special_tokens
-
             write_genai_graph(base / "model.onnx", tmp)
             for f in ("tokenizer.json", "tokenizer_config.json"):
                 shutil.copy(work / "cfg" / f, tmp / f)
-            (tmp / "chat_template.jinja").write_text(_chat_template(src.hf_dir), encoding="utf-8")
-            gen_path = src.hf_dir / "generation_config.json"
-            gen = json.loads(gen_path.read_text()) if gen_path.exists() else {}
-            special = _special_tokens(src.hf_dir, gen)
-            gen["eos_token_id"] = special["eos_token_ids"]
-            (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2), encoding="utf-8")
-            c = json.loads(json.dumps(cfg))
-            c["model"]["context_length"] = tgt.max_context
-            c["search"]["max_length"] = tgt.max_context
-            c["search"]["past_present_share_buffer"] = True  # GroupQueryAttention graphs: one buffer, past = present
-            c["model"]["eos_token_id"] = special["eos_token_ids"]
-            c["model"]["decoder"]["filename"] = "model.onnx"
-            c["model"]["decoder"]["session_options"]["intra_op_num_threads"] = tgt.threads
-            (tmp / "genai_config.json").write_text(json.dumps(c, indent=4), encoding="utf-8")
-
-            runs = report.reference_runs(src.hf_dir, prompts or report.PARITY_PROMPTS, new_tokens)
-            g_par = genai_parity(tmp, runs)
-            kv = KVSpec(facts["num_layers"], facts["num_kv_heads"], facts["head_dim"])
-            o_par = report.bundle_parity(str(tmp / "model.onnx"), kv, runs)
-            weights = sum(f.stat().st_size for f in tmp.iterdir() if f.name.startswith("model.onnx"))
-            rep = {"quant": qinfo, "parity": o_par, "genai_parity": g_par,
-                   "budget": budget_check(tgt, weights, facts), "target": tgt.to_dict(),
-                   "export_seconds": round(time.time() - t0, 1)}
+            special = _write_chat_files(src.hf_dir, tmp)
+            (tmp / "genai_config.json").write_text(json.dumps(_genai_config(cfg, tgt, special["eos_token_ids"]),
+                                                              indent=4), encoding="utf-8")
+            rep = _genai_report(tmp, src.hf_dir, facts, qinfo, tgt, t0, prompts, new_tokens)
             (tmp / "export_report.json").write_text(json.dumps(rep, indent=2), encoding="utf-8")
-            sig = io_signature(onnx.load(str(tmp / "model.onnx"), load_external_data=False))
             exporter = ("onnxruntime-genai model builder (int4)" if quant == "builder-int4"
                         else base_manifest["onnx"]["exporter"])
-            return {
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "model": {**facts, "name": src.name, "source": {"name": src.name, "hf_dir": str(src.hf_dir)}},
-                "special_tokens": special,
-                "quant": qinfo,
-                "target": tgt.name,
-                "onnx": {"file": "model.onnx", "data": "model.onnx.data", "exporter": exporter,
-                         "kv_cache": "shared-buffer", **sig},
-                "ort_genai": {"config": "genai_config.json", "tokenizer_config": "tokenizer_config.json",
-                              "runtime": "onnxruntime-genai", "num_logits_to_keep": "initializer (0 = all)"},
-                "tokenizer": "tokenizer.json",
-                "chat_template": "chat_template.jinja",
-                "generation_config": "generation_config.json",
-                "report": "export_report.json",
-                "tools": _tool_versions(),
-            }
+            return _genai_manifest(tmp, src, facts, special, qinfo, tgt.name, exporter)
 
         return write_bundle(out, fill, force=force)
     finally:
@@ -226,7 +235,6 @@ def export_ort_genai_bundle(model: str | None, out: str | Path, quant: str = "in
 def run_text(bundle: str | Path, prompt: str, max_new_tokens: int = 48) -> str:
     """Chat once with onnxruntime-genai on a bundle (its tokenizer and our chat template)."""
     import onnxruntime_genai as og
-    from cogenesis.runtime.chat import compile_template, render
 
     root = Path(bundle)
     m = json.loads((root / "manifest.json").read_text())

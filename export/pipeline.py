@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
-from cogenesis.runtime.bundle import BundleError, write_bundle
+from cogenesis.runtime.bundle import BundleError, sha256_file, write_bundle
 from cogenesis.runtime.model import KVSpec
 from cogenesis.runtime.vocab import vocab_fingerprint
 from tokenizers import Tokenizer
@@ -141,6 +141,93 @@ def _chat_template(hf_dir: Path) -> str:
             "{% if add_generation_prompt %}assistant: {% endif %}")
 
 
+def _write_chat_files(hf_dir: Path, tmp: Path) -> dict:
+    """chat_template.jinja and generation_config.json (its EOS = every end token) into `tmp`; the special tokens."""
+    (tmp / "chat_template.jinja").write_text(_chat_template(hf_dir), encoding="utf-8")
+    gen_path = hf_dir / "generation_config.json"
+    gen = json.loads(gen_path.read_text()) if gen_path.exists() else {}
+    special = _special_tokens(hf_dir, gen)
+    gen["eos_token_id"] = special["eos_token_ids"]
+    (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2), encoding="utf-8")
+    return special
+
+
+def _source_record(src: Source) -> dict:
+    """The manifest's model.source: name and folder, and for a GGUF source its file name and sha256."""
+    source = {"name": src.name, "hf_dir": str(src.hf_dir)}
+    if src.gguf is not None:
+        source.update(gguf=src.gguf.name, gguf_sha256=sha256_file(src.gguf))
+    return source
+
+
+def _quantized_model(fp32_path: Path, tmp: Path, quant: str, gguf: Path | None) -> tuple[onnx.ModelProto, dict]:
+    """The fp32 graph quantized as `quant`, in memory: (model, quantization facts)."""
+    if quant == "int8-dynamic":
+        with tempfile.TemporaryDirectory(dir=tmp.parent) as qdir:
+            qinfo = quantize.int8_dynamic(fp32_path, Path(qdir) / "model.onnx")
+            return onnx.load(str(Path(qdir) / "model.onnx")), qinfo
+    m = onnx.load(str(fp32_path))
+    if quant == "fp32":
+        qinfo = {"scheme": "fp32"}
+    elif quant == "int8":
+        qinfo = quantize.weight_only(m, bits=8, symmetric=True)
+    elif gguf is not None:
+        from .gguf_exact import quantize_gguf_exact
+
+        # int4-fast: int8 activations per block of 32 (what llama.cpp does for Q4_1): faster, not exact
+        qinfo = quantize_gguf_exact(m, str(gguf), accuracy_level=4 if quant == "int4-fast" else 0)
+    else:
+        qinfo = quantize.weight_only(m, bits=4)
+    return m, qinfo
+
+
+def _write_quantized(fp32_path: Path, tmp: Path, quant: str, gguf: Path | None) -> tuple[dict, dict, dict | None]:
+    """tmp/model.onnx(+.data) quantized as `quant`, and the kernel graph when our kernels can run it:
+    (quantization facts, graph io signature, kernel graph entry or None)."""
+    m, qinfo = _quantized_model(fp32_path, tmp, quant, gguf)
+    graph.save(m, str(tmp / "model.onnx"), "model.onnx.data")
+    sig = graph.io_signature(m)
+    del m
+    # our kernels read fp16 block scales (Q4_1/Q8_0); K-quant scales d*sc are fp32: portable graph only
+    kernel = (_kernel_graph(tmp) if quant == "int4" and set(qinfo.get("gguf_types", ["?"])) <= {"Q4_1", "Q8_0"}
+              else None)
+    return qinfo, sig, kernel
+
+
+def _parity(tmp: Path, hf_dir: Path, facts: dict, kernel: dict | None, prompts: list[str] | None,
+            new_tokens: int) -> dict:
+    """The report's parity entries: the bundle graph vs transformers eager, and the kernel graph when there is one."""
+    kv = KVSpec(facts["num_layers"], facts["num_kv_heads"], facts["head_dim"])
+    runs = report.reference_runs(hf_dir, prompts or report.PARITY_PROMPTS, new_tokens)
+    out = {"parity": report.bundle_parity(str(tmp / "model.onnx"), kv, runs)}
+    if kernel:
+        out["kernel_parity"] = _kernel_parity(tmp / kernel["file"], kv, runs)
+    return out
+
+
+def _onnx_manifest(tmp: Path, src: Source, facts: dict, special: dict, qinfo: dict, target: str, sig: dict,
+                   kernel: dict | None) -> dict:
+    """The manifest of an ONNX bundle whose files are in `tmp`."""
+    source = _source_record(src)
+    return {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "model": {**facts, "name": src.name, "source": source,
+                  "vocab_fingerprint": vocab_fingerprint(Tokenizer.from_file(str(tmp / "tokenizer.json")))},
+        "special_tokens": special,
+        "quant": qinfo,
+        "target": target,
+        "onnx": {"file": "model.onnx", "data": "model.onnx.data", "exporter": "onnxruntime-genai model builder",
+                 "kv_cache": "shared-buffer",
+                 **sig,
+                 **({"kernel_graph": kernel} if kernel else {})},
+        "tokenizer": "tokenizer.json",
+        "chat_template": "chat_template.jinja",
+        "generation_config": "generation_config.json",
+        "report": "export_report.json",
+        "tools": _tool_versions(),
+    }
+
+
 def export_bundle(model: str | None, out: str | Path, quant: str = "int4", target: str = "laptop-x86_64",
                   force: bool = False, new_tokens: int = 64, prompts: list[str] | None = None,
                   progress: bool = True) -> Path:
@@ -166,76 +253,20 @@ def export_bundle(model: str | None, out: str | Path, quant: str = "int4", targe
 
     def fill(tmp: Path) -> dict:
         steps.set_postfix_str(f"quantize {quant}")
-        if quant == "int8-dynamic":
-            with tempfile.TemporaryDirectory(dir=tmp.parent) as qdir:
-                qinfo = quantize.int8_dynamic(fp32_path, Path(qdir) / "model.onnx")
-                m = onnx.load(str(Path(qdir) / "model.onnx"))
-        else:
-            m = onnx.load(str(fp32_path))
-            if quant == "fp32":
-                qinfo = {"scheme": "fp32"}
-            elif quant == "int8":
-                qinfo = quantize.weight_only(m, bits=8, symmetric=True)
-            elif src.gguf is not None:
-                from .gguf_exact import quantize_gguf_exact
-
-                # int4-fast: int8 activations per block of 32 (what llama.cpp does for Q4_1): faster, not exact
-                qinfo = quantize_gguf_exact(m, str(src.gguf), accuracy_level=4 if quant == "int4-fast" else 0)
-            else:
-                qinfo = quantize.weight_only(m, bits=4)
-        graph.save(m, str(tmp / "model.onnx"), "model.onnx.data")
-        sig = graph.io_signature(m)
-        del m
-        # our kernels read fp16 block scales (Q4_1/Q8_0); K-quant scales d*sc are fp32: portable graph only
-        kernel = (_kernel_graph(tmp) if quant == "int4" and set(qinfo.get("gguf_types", ["?"])) <= {"Q4_1", "Q8_0"}
-                  else None)
+        qinfo, sig, kernel = _write_quantized(fp32_path, tmp, quant, src.gguf)
         steps.update()
         steps.set_postfix_str("tokenizer, template, config")
         shutil.copy(src.hf_dir / "tokenizer.json", tmp / "tokenizer.json")
-        (tmp / "chat_template.jinja").write_text(_chat_template(src.hf_dir), encoding="utf-8")
-        gen = json.loads((src.hf_dir / "generation_config.json").read_text()) if (src.hf_dir / "generation_config.json").exists() else {}
-        special = _special_tokens(src.hf_dir, gen)
-        gen["eos_token_id"] = special["eos_token_ids"]
-        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2), encoding="utf-8")
+        special = _write_chat_files(src.hf_dir, tmp)
         steps.update()
         steps.set_postfix_str(f"parity vs eager ({len(prompts or report.PARITY_PROMPTS)} prompts x {new_tokens} tokens)")
-        kv = KVSpec(facts["num_layers"], facts["num_kv_heads"], facts["head_dim"])
-        runs = report.reference_runs(src.hf_dir, prompts or report.PARITY_PROMPTS, new_tokens)
-        parity = report.bundle_parity(str(tmp / "model.onnx"), kv, runs)
-        kernel_parity = _kernel_parity(tmp / kernel["file"], kv, runs) if kernel else None
+        parity = _parity(tmp, src.hf_dir, facts, kernel, prompts, new_tokens)
         weights = sum(f.stat().st_size for f in tmp.iterdir() if f.name.startswith("model.onnx"))
-        rep = {
-            "quant": qinfo,
-            "parity": parity,
-            **({"kernel_parity": kernel_parity} if kernel else {}),
-            "budget": budget_check(tgt, weights, facts),
-            "target": tgt.to_dict(),
-            "export_seconds": round(time.time() - t0, 1),
-        }
+        rep = {"quant": qinfo, **parity, "budget": budget_check(tgt, weights, facts), "target": tgt.to_dict(),
+               "export_seconds": round(time.time() - t0, 1)}
         (tmp / "export_report.json").write_text(json.dumps(rep, indent=2), encoding="utf-8")
         steps.update()
-        source = {"name": src.name, "hf_dir": str(src.hf_dir)}
-        if src.gguf is not None:
-            from cogenesis.runtime.bundle import sha256_file
-
-            source.update(gguf=src.gguf.name, gguf_sha256=sha256_file(src.gguf))
-        return {
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "model": {**facts, "name": src.name, "source": source,
-                      "vocab_fingerprint": vocab_fingerprint(Tokenizer.from_file(str(tmp / "tokenizer.json")))},
-            "special_tokens": special,
-            "quant": qinfo,
-            "target": tgt.name,
-            "onnx": {"file": "model.onnx", "data": "model.onnx.data", "exporter": "onnxruntime-genai model builder",
-                     "kv_cache": "shared-buffer",
-                     **sig,
-                     **({"kernel_graph": kernel} if kernel else {})},
-            "tokenizer": "tokenizer.json",
-            "chat_template": "chat_template.jinja",
-            "generation_config": "generation_config.json",
-            "report": "export_report.json",
-            "tools": _tool_versions(),
-        }
+        return _onnx_manifest(tmp, src, facts, special, qinfo, tgt.name, sig, kernel)
 
     try:
         return write_bundle(out, fill, force=force)

@@ -91,7 +91,12 @@ def test_quant_report_small_run(tmp_path):
     assert rows["gguf-int4"]["bytes"] < 0.3 * rows["fp32"]["bytes"]
     assert abs(np.log(rows["gguf-int4"]["perplexity"] / rows["fp32"]["perplexity"])) < 0.02
     assert {c["target"] for c in rep["choices"]} == set(TARGETS)
-    assert all(c["variant"] == "gguf-int4" for c in rep["choices"]), rep["choices"]
+    # which passing variant is fastest is a live timing on a shared machine (fp32 or gguf-int4): assert the rule,
+    # not the race. int8-dynamic fails the quality gate (measured above), so no target may get it.
+    assert all(c["variant"] in {"fp32", "gguf-int4"} for c in rep["choices"]), rep["choices"]
+    passing = [r for r in rep["rows"] if r["teacher_forced_top1"] >= rep["quality_gate"]["min_top1"]
+               and r["mean_kl"] <= rep["quality_gate"]["max_kl"]]
+    assert "int8-dynamic" not in {r["variant"] for r in passing}
     md = (tmp_path / "quant_report.md").read_text()
     assert "| gguf-int4 |" in md and "raspberry-pi-4" in md
 

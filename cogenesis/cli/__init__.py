@@ -10,8 +10,8 @@ import sys
 def build_parser() -> argparse.ArgumentParser:
     """The parser with every command, in the order `cogenesis --help` lists them."""
     from cogenesis.cli import bundles, calibrate, cloud, models, run, write
+    from cogenesis.cli.experiment import add_experiment_parser
     from cogenesis.data.cli import add_data_parser
-    from cogenesis.eval.experiment import add_experiment_parser
     from cogenesis.finetune import add_finetune_parser
 
     ap = argparse.ArgumentParser(

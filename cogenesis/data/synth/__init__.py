@@ -1,0 +1,1 @@
+"""The synthetic-data pipeline, one concern per module (public facade: ``cogenesis.data.synthesis``)."""
