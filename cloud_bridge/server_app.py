@@ -11,7 +11,7 @@ from cogenesis.runtime import EdgeModel, load
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
-from cogenesis.core.paths import API_KEY_ENV
+from cogenesis.core.paths import API_KEY_ENV, SESSION_HEADER
 
 from .server_engine import Engine
 from .server_gate import Gate
@@ -45,7 +45,7 @@ def create_app(model: str | Path | EdgeModel, api_key: str | None = None, allow_
     app.add_middleware(Gate, state=state)
     if cfg.cors_origins:  # added last = outermost: answers preflights before auth, as browsers require
         app.add_middleware(CORSMiddleware, allow_origins=list(cfg.cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["authorization", "content-type", "x-session-id"])
+                           allow_headers=["authorization", "content-type", SESSION_HEADER.lower()])
     add_routes(app)
     return app
 

@@ -8,6 +8,8 @@ import json
 
 from fastapi.responses import Response
 
+from cogenesis.core.paths import SESSION_HEADER
+
 from .server_engine import Engine, RunInfo, TopLogprobs
 from .server_protocol import RESPONSE_FORMATS
 from .server_state import EXTENSIONS, State
@@ -19,7 +21,7 @@ def caps(st: State) -> dict:
     return {"extensions": list(EXTENSIONS), "vocab_fingerprint": st.engine.model.vocab_fingerprint,
             "max_logprobs": c.max_logprobs, "max_tokens": c.max_tokens,
             "max_prompt_tokens": c.max_prompt_tokens, "max_logprob_positions": c.max_logprob_positions,
-            "max_body_bytes": c.max_body_bytes, "session_header": "X-Session-Id",
+            "max_body_bytes": c.max_body_bytes, "session_header": SESSION_HEADER,
             "response_format": list(RESPONSE_FORMATS) if _has_llguidance() else ["text"]}
 
 

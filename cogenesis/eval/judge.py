@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cogenesis.cloud_bridge.http import CloudError, Transport, normalize_base_url
+from cogenesis.core.paths import API_KEY_ENV
 from cogenesis.data.records import TaskRecord
 
 ASPECTS = ("overall", "personalization", "overall_noprofile")
-API_KEY_ENVS = ("COGENESIS_JUDGE_API_KEY", "COGENESIS_CLOUD_API_KEY")
+API_KEY_ENVS = ("COGENESIS_JUDGE_API_KEY", API_KEY_ENV)
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 _FORMAT = (
