@@ -3,12 +3,14 @@ quality-vs-leakage plot."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from cogenesis.core.files import atomic_write_bytes, atomic_write_text
 from cogenesis.eval.metrics import mean
 from cogenesis.eval.scoring import JUDGE_KEYS, METRIC_KEYS
 from cogenesis.eval.systems import LABELS, Row
@@ -160,8 +162,10 @@ def _plot(aggregates: dict[str, dict], path: Path) -> tuple[Path | None, str | N
     axes[0].set_xlim(-0.05, 1.05)
     axes[1].set_xscale("symlog", linthresh=100)
     fig.tight_layout()
-    fig.savefig(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
     return path, None
 
 
@@ -170,13 +174,10 @@ def _write_outputs(out: Path, config: dict, aggregates: dict[str, dict], skipped
     plot, why = _plot(aggregates, out / "quality_vs_leakage.png")
     if why:
         notes.append(why)
-    report = out / "report.md"
-    report.write_text(_markdown(config, aggregates, skipped, notes, rows), encoding="utf-8")
-    results = out / "results.json"
-    results.write_text(json.dumps(_json_safe({"config": config, "systems": aggregates, "skipped": skipped,
-                                              "notes": notes, "rows": [_row_dict(r) for r in rows]}),
-                                  indent=1, ensure_ascii=False), encoding="utf-8")
-    with open(out / "outputs.jsonl", "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(_row_dict(r), ensure_ascii=False) + "\n")
+    report = atomic_write_text(out / "report.md", _markdown(config, aggregates, skipped, notes, rows))
+    results = atomic_write_text(out / "results.json", json.dumps(
+        _json_safe({"config": config, "systems": aggregates, "skipped": skipped, "notes": notes,
+                    "rows": [_row_dict(r) for r in rows]}), indent=1, ensure_ascii=False))
+    atomic_write_text(out / "outputs.jsonl", "".join(json.dumps(_row_dict(r), ensure_ascii=False) + "\n"
+                                                     for r in rows))
     return ExperimentResult(out, aggregates, skipped, rows, notes, report, results, plot)
