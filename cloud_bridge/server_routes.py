@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from .server_engine import Engine
+from .server_engine import Engine, Reservation, RunInfo, RunRequest
 from .server_parse import constraint, limit, parse_body, run_request, session_key, token_ids
 from .server_protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 from .server_responses import (
@@ -25,7 +25,7 @@ from .server_responses import (
     usage_log,
 )
 from .server_run import admit, collect, sse, stream
-from .server_state import ApiError, log, note, state_of
+from .server_state import ApiError, State, log, note, state_of
 
 
 def add_routes(app: FastAPI) -> None:
@@ -98,20 +98,32 @@ async def completions(request: Request) -> Response:
     echo = body.echo
     k_gen = limit(body.logprobs, "logprobs", cfg.max_logprobs)
     req, k_pl, pl_start = run_request(body, ids, st, default_max=16, k_gen=k_gen, echo_k=k_gen if echo else None)
-    req.constraint = await constraint(body, eng)
-    key = session_key(request, body)
-    note(request, session=key)
+    key, res = await _admit(request, st, body, req)
     created, rid = int(time.time()), f"cmpl-{uuid.uuid4().hex}"
-    res = await admit(st, key, req)
     if body.stream:
         return sse(stream(st, request, key, req, rid, created, "text_completion", body, res,
                           prefix=eng.model.decode(ids) if echo else ""), res)
-    info, finish, reason = await run_in_threadpool(collect, st, key, req, res)
-    note(request, **usage_log(info))
+    info, finish, reason = await _collect(request, st, key, req, res)
     choice = completion_choice(info, finish, reason, eng, ids=ids, echo=echo, k_gen=k_gen,
                                as_ids=body.return_tokens_as_token_ids, k_pl=k_pl, pl_start=pl_start)
     return json_response({"id": rid, "object": "text_completion", "created": created, "model": st.model_name,
                           "choices": [choice], "usage": usage(info)})
+
+
+async def _admit(request: Request, st: State, body, req: RunRequest) -> tuple[str | None, Reservation]:
+    """The grammar constraint, the session key (noted in the log) and a KV reservation for one request."""
+    req.constraint = await constraint(body, st.engine)
+    key = session_key(request, body)
+    note(request, session=key)
+    return key, await admit(st, key, req)
+
+
+async def _collect(request: Request, st: State, key: str | None, req: RunRequest,
+                   res: Reservation) -> tuple[RunInfo, str, str | int | None]:
+    """Run a non-streamed request to the end in a worker thread; its usage goes to the log line."""
+    info, finish, reason = await run_in_threadpool(collect, st, key, req, res)
+    note(request, **usage_log(info))
+    return info, finish, reason
 
 
 def _prompt_ids(body: CompletionRequest, eng: Engine) -> list[int]:
@@ -132,15 +144,11 @@ async def chat(request: Request) -> Response:
     if body.max_tokens is None and body.max_completion_tokens is not None:
         body.max_tokens = body.max_completion_tokens
     req, k_pl, pl_start = run_request(body, ids, st, default_max=cfg.default_chat_max_tokens, k_gen=k_gen)
-    req.constraint = await constraint(body, eng)
-    key = session_key(request, body)
-    note(request, session=key)
+    key, res = await _admit(request, st, body, req)
     created, rid = int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
-    res = await admit(st, key, req)
     if body.stream:
         return sse(stream(st, request, key, req, rid, created, "chat.completion.chunk", body, res), res)
-    info, finish, reason = await run_in_threadpool(collect, st, key, req, res)
-    note(request, **usage_log(info))
+    info, finish, reason = await _collect(request, st, key, req, res)
     choice = chat_choice(info, finish, reason, eng, k_gen=k_gen, as_ids=body.return_tokens_as_token_ids)
     return json_response({"id": rid, "object": "chat.completion", "created": created, "model": st.model_name,
                           "choices": [choice], "usage": usage(info),

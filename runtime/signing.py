@@ -20,12 +20,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from cogenesis.runtime.format import MANIFEST, SIGNATURE, BundleError
+
+from cogenesis.core.files import atomic_write_bytes
 
 SIG_FORMAT = "cogenesis-bundle-signature"
 ALGORITHM = "ed25519"
@@ -42,18 +42,7 @@ def _crypto():
 
 
 def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data, mode)
 
 
 def generate_key(out: str | Path, force: bool = False) -> tuple[Path, Path]:
