@@ -82,6 +82,13 @@ def test_experiment_with_reference_cloud(int4_model, cloud, judge_url, tmp_path)
     assert audit and all(r["mode"] == "audit" and r["findings"] and not r["blocked"] for r in audit)
 
 
+def test_an_earlier_report_is_not_overwritten(tmp_path):
+    (tmp_path / "results.json").write_text('{"mine": true}')
+    with pytest.raises(ValueError, match="already holds an experiment report.*--force"):
+        run_experiment("sample", systems=["slm-ctx"], bundle="x", out_dir=tmp_path)
+    assert (tmp_path / "results.json").read_text() == '{"mine": true}'
+
+
 @pytest.mark.slow
 def test_cloud_systems_are_skipped_with_a_reason(int4_model, tmp_path):
     res = run_experiment("sample", systems=["slm-ctx", "llm-ctx", "sketch"], limit=1, bundle=int4_model,

@@ -18,6 +18,7 @@ def add_experiment_parser(sub) -> None:
     p.add_argument("--judge-model", default=None, help="judge model name (default: the endpoint's first)")
     p.add_argument("--judge-max-tokens", type=int, default=256)
     p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--force", action="store_true", help="replace the report of an earlier run in --out")
     p.add_argument("--max-tokens", type=int, default=256, help="new tokens per answer (default 256)")
     p.add_argument("--cloud-max-tokens", type=int, default=None, help="tokens of the sketch outline")
     p.add_argument("--temperature", type=float, default=0.0)
@@ -51,7 +52,7 @@ def cmd_experiment(a) -> int:
                        judge_max_tokens=a.judge_max_tokens, api_key=a.api_key, max_new_tokens=a.max_tokens,
                        cloud_max_tokens=a.cloud_max_tokens, temperature=a.temperature,
                        repetition_penalty=a.repetition_penalty, guard_mode=a.guard_mode, canaries=not a.no_canaries,
-                       embed=not a.no_embed, threads=a.threads, seed=a.seed,
+                       embed=not a.no_embed, threads=a.threads, seed=a.seed, force=a.force,
                        write_options={s: dict(logits_opts) for s in ("logits", "logits-block")} if logits_opts else None)
     print(r.report.read_text(encoding="utf-8"))
     print(f"written: {r.report}, {r.results}" + (f", {r.plot}" if r.plot else ""))

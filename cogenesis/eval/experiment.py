@@ -105,6 +105,7 @@ def run_experiment(
     seed: int = 0,
     write_options: dict[str, dict] | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> ExperimentResult:
     """Run ``systems`` on the first ``limit`` records of ``data`` and write the report to ``out_dir``.
 
@@ -113,10 +114,14 @@ def run_experiment(
     $COGENESIS_CLOUD_API_KEY). ``max_new_tokens``: for every answer; ``cloud_max_tokens``: for the sketch
     outline (default: the client's). ``write_options``: extra ``mode_options`` per system (e.g.
     ``{"logits-block": {"draft_k": 4}}``). ``canaries``: plant one made-up secret per record in its private
-    texts and search every sent byte for it.
+    texts and search every sent byte for it. ``force``: replace the report of an earlier run in ``out_dir``
+    (without it, that report is never overwritten).
     """
     _check_arguments(systems, guard_mode, bundle)
     out = Path(out_dir)
+    if (out / "results.json").exists() and not force:
+        raise ValueError(f"{out} already holds an experiment report (results.json): choose another --out, or pass "
+                         "--force to replace it")
     (out / "audit").mkdir(parents=True, exist_ok=True)
     records, planted = _prepare_records(data, limit, canaries, seed)
     model, bundle_name = _load_model(bundle, threads)
