@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_right, insort
+from collections.abc import Callable
 
 from .pieces import PIECE_CHARS
 from .spans import _NON_CONTENT
@@ -93,20 +94,19 @@ def _pattern_matches_in(text: str, a: int, b: int) -> list[tuple[str, str, int, 
         insort(taken, (m.start(), m.end()))
         out.append((kind, m.group(), m.start(), m.end()))
 
-    for m in _EMAIL.finditer(text, a, b):
-        add("email", m)
-    for m in _IBAN.finditer(text, a, b):
-        if _iban_ok(m.group()):
-            add("iban", m)
-    for m in _CARD.finditer(text, a, b):
-        if _luhn_ok(re.sub(r"\D", "", m.group())):
-            add("credit_card", m)
-    for m in _SSN.finditer(text, a, b):
-        add("national_id", m)
-    for m in _PHONE.finditer(text, a, b):
-        if _phone_ok(m.group()):
-            add("phone", m)
-    for m in _STREET.finditer(text, a, b):
-        if not any(w.casefold() in _NON_CONTENT for w in m.group(1).split()):
-            add("street_address", m)
+    for kind, pattern, valid in _DETECTORS:
+        for m in pattern.finditer(text, a, b):
+            if valid is None or valid(m):
+                add(kind, m)
     return out
+
+
+_DETECTORS: tuple[tuple[str, re.Pattern, Callable[[re.Match], bool] | None], ...] = (
+    # the more specific patterns first: a later match overlapping an earlier one is dropped
+    ("email", _EMAIL, None),
+    ("iban", _IBAN, lambda m: _iban_ok(m.group())),
+    ("credit_card", _CARD, lambda m: _luhn_ok(re.sub(r"\D", "", m.group()))),
+    ("national_id", _SSN, None),
+    ("phone", _PHONE, lambda m: _phone_ok(m.group())),
+    ("street_address", _STREET, lambda m: not any(w.casefold() in _NON_CONTENT for w in m.group(1).split())),
+)
