@@ -59,12 +59,15 @@ lint: $(STAMP)
 	# the layer contracts (import-linter, pyproject [tool.importlinter]) on the package as installed
 	$(BIN)/python scripts/lint_imports.py
 
+# bench/results/edge_decode.{json,md} (+ cpu_dispatch.*): every engine, then the default path against llama.cpp
+# built natively here (scripts/build_llama_cpp.sh, cached; the fair anchor), interleaved, at 1 and 2 threads
 bench: $(STAMP) $(BUNDLE)/manifest.json
-	# the llama.cpp row: a prebuilt llama.cpp from npm (node-llama-cpp, nothing compiled); skipped without node/npm
-	@bash bench/llamacpp_setup.sh || echo "llama.cpp not installed: its row will be skipped"
+	# a second, prebuilt anchor: llama.cpp from npm (node-llama-cpp, nothing compiled); skipped without node/npm
+	@bash bench/llamacpp_setup.sh || echo "prebuilt llama.cpp not installed: its row will be skipped"
+	# building llama.cpp needs cmake and ninja (Debian packages)
+	command -v cmake >/dev/null && command -v ninja >/dev/null || { command -v apt-get >/dev/null && \
+	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -q cmake ninja-build; }
 	$(BIN)/python bench/edge_decode.py
-	# the fair anchor: llama.cpp built natively here (cached), our kernel and portable graphs, the dispatch choice
-	$(BIN)/python bench/cpu_dispatch.py
 
 # the edge install + our kernels on an emulated Raspberry Pi 5 CPU (qemu-user, aarch64); correctness only, ~25 min
 arm-check: $(STAMP) $(BUNDLE)/manifest.json

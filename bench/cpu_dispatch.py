@@ -97,6 +97,97 @@ def markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
+def llama_bins() -> Path:
+    """The folder of llama-bench, llama-quantize and llama-server, built here once (scripts/build_llama_cpp.sh)."""
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "build_llama_cpp.sh"), "llama-bench", "llama-quantize",
+                          "llama-server"], check=True, capture_output=True, text=True).stdout
+    return Path(out.strip().splitlines()[-1])
+
+
+def q4_0_copy(bindir: Path, gguf: Path) -> Path:
+    """llama.cpp's own Q4_0, requantized from the shipped Q4_1 (--allow-requantize): its fastest 4-bit format here."""
+    q4_0 = ROOT / ".cache" / "llama.cpp" / "smollm2-135m-q4_0.gguf"
+    if not q4_0.is_file():
+        tmp = q4_0.with_suffix(".tmp")
+        subprocess.run([str(bindir / "llama-quantize"), "--allow-requantize", str(gguf), str(tmp), "Q4_0"],
+                       check=True, capture_output=True)
+        tmp.replace(q4_0)
+    return q4_0
+
+
+def measure(threads: list[int], rounds: int, new_tokens: int) -> dict:
+    """Every row at every thread count, interleaved round by round; the best of the rounds per metric."""
+    from cogenesis.export.default_model import default_model
+
+    if not (BUNDLE / "model.kernel.onnx").is_file():
+        raise SystemExit(f"{BUNDLE} has no kernel graph: run `make demo` (or cogenesis export --quant int4 --out {BUNDLE})")
+    gguf, _ = default_model(install=False)
+    bindir = llama_bins()
+    q4_0 = q4_0_copy(bindir, gguf)
+    res: dict = {"cpu": cpu(), "rounds": rounds, "new_tokens": new_tokens,
+                 "llama_cpp": "from llama-cpp-python " + os.environ.get("LLAMA_CPP_PYTHON_VERSION", "0.3.36"),
+                 "threads": {}}
+    rows = (("kernels", lambda t: ours(BUNDLE / "model.kernel.onnx", t, new_tokens)),
+            ("portable", lambda t: ours(BUNDLE / "model.onnx", t, new_tokens)),
+            ("llama.cpp fa=0", lambda t: llama(bindir / "llama-bench", gguf, t, 0, new_tokens)),
+            ("llama.cpp fa=1", lambda t: llama(bindir / "llama-bench", gguf, t, 1, new_tokens)),
+            ("llama.cpp Q4_0 fa=0", lambda t: llama(bindir / "llama-bench", q4_0, t, 0, new_tokens)))
+    for t in threads:
+        runs: dict[str, list[dict]] = {}
+        for _ in range(rounds):
+            for name, fn in rows:
+                runs.setdefault(name, []).append(fn(t))
+                print(t, name, {k: round(v, 1) for k, v in runs[name][-1].items()}, flush=True)
+        res["threads"][str(t)] = {n: {k: max(x[k] for x in xs) for k in METRICS} for n, xs in runs.items()}
+    return res
+
+
+def llama_greedy(gguf: Path, prompts: list[list[int]], n: int) -> list[list[int]]:
+    """n greedy tokens per prompt (token ids in, EOS ignored) from the natively built llama-server, 1 thread."""
+    import socket
+    import time
+
+    import requests
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([str(llama_bins() / "llama-server"), "-m", str(gguf), "--host", "127.0.0.1", "--port",
+                             str(port), "-t", "1", "-c", "2048", "-np", "1"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if requests.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        out = []
+        for p in prompts:
+            r = requests.post(url + "/completion", json={"prompt": p, "n_predict": n, "temperature": 0, "top_k": 1,
+                                                          "ignore_eos": True, "cache_prompt": False,
+                                                          "return_tokens": True}, timeout=600)
+            r.raise_for_status()
+            out.append([int(t) for t in r.json()["tokens"]][:n])
+        return out
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def write(res: dict, out: Path) -> str:
+    """cpu_dispatch.json and .md into `out`, atomically; returns the markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    md = markdown(res)
+    for name, text in (("cpu_dispatch.json", json.dumps(res, indent=2) + "\n"), ("cpu_dispatch.md", md)):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(out / name)
+    return md
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -104,45 +195,7 @@ def main() -> int:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     a = ap.parse_args()
-    from cogenesis.export.default_model import default_model
-
-    if not (BUNDLE / "model.kernel.onnx").is_file():
-        ap.error(f"{BUNDLE} has no kernel graph: run `make demo` (or cogenesis export --quant int4 --out {BUNDLE})")
-    gguf, _ = default_model(install=False)
-    bindir = subprocess.run(["bash", str(ROOT / "scripts" / "build_llama_cpp.sh"), "llama-bench", "llama-quantize"],
-                            check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-    bench = Path(bindir) / "llama-bench"
-    q4_0 = ROOT / ".cache" / "llama.cpp" / "smollm2-135m-q4_0.gguf"
-    if not q4_0.is_file():  # requantized from the shipped Q4_1 (--allow-requantize): llama.cpp's own Q4_0 row
-        tmp = q4_0.with_suffix(".tmp")
-        subprocess.run([str(Path(bindir) / "llama-quantize"), "--allow-requantize", str(gguf), str(tmp), "Q4_0"],
-                       check=True, capture_output=True)
-        tmp.replace(q4_0)
-    res: dict = {"cpu": cpu(), "rounds": a.rounds, "new_tokens": a.new_tokens,
-                 "llama_cpp": "from llama-cpp-python " + os.environ.get("LLAMA_CPP_PYTHON_VERSION", "0.3.36"),
-                 "threads": {}}
-    for t in a.threads:
-        runs: dict[str, list[dict]] = {}
-        for _ in range(a.rounds):
-            for name, fn, arg in (("kernels", ours, BUNDLE / "model.kernel.onnx"),
-                                  ("portable", ours, BUNDLE / "model.onnx"),
-                                  ("llama.cpp fa=0", llama, 0), ("llama.cpp fa=1", llama, 1),
-                                  ("llama.cpp Q4_0 fa=0", llama, 2)):
-                if fn is ours:
-                    got = ours(arg, t, a.new_tokens)
-                else:
-                    got = llama(bench, q4_0 if arg == 2 else gguf, t, arg == 1, a.new_tokens)
-                runs.setdefault(name, []).append(got)
-                print(t, name, runs[name][-1], flush=True)
-        res["threads"][str(t)] = {n: {k: max(x[k] for x in xs) for k in METRICS} for n, xs in runs.items()}
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    md = markdown(res)
-    for name, text in (("cpu_dispatch.json", json.dumps(res, indent=2) + "\n"), ("cpu_dispatch.md", md)):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(out / name)
-    print(md)
+    print(write(measure(a.threads, a.rounds, a.new_tokens), Path(a.out)))
     return 0
 
 

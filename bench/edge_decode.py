@@ -3,8 +3,10 @@
     python bench/edge_decode.py [--threads 1 2] [--new-tokens 128]
     python bench/edge_decode.py --llamacpp-check    # greedy tokens: llama.cpp vs our int4 bundle only
 
-llama.cpp row: `bash bench/llamacpp_setup.sh` installs a prebuilt llama.cpp (node-llama-cpp from npm, CPU binary,
-nothing compiled) into .cache/llamacpp-node; bench/llamacpp_decode.mjs runs it on the same GGUF with the same token ids.
+llama.cpp: the fair anchor is llama.cpp built on this machine (-DGGML_NATIVE=ON, `scripts/build_llama_cpp.sh`, cached),
+interleaved with our int4 rows by `native_anchor.py` (its section ends the report; also cpu_dispatch.{json,md}).
+A second anchor, labelled prebuilt: `bash bench/llamacpp_setup.sh` installs node-llama-cpp's CPU binary from npm
+(nothing compiled) into .cache/llamacpp-node; bench/llamacpp_decode.mjs runs it on the same GGUF and token ids.
 
 Each configuration runs in its own process (clean peak RSS). Writes bench/results/edge_decode.json and .md.
 Decode = 128 new tokens after a ~200-token chat prompt; prefill = one ~1.5k-token prompt. Memory bandwidth is
@@ -28,6 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 
 def _prompts(tok_encode) -> tuple[list[int], list[int]]:
@@ -155,6 +158,17 @@ def run_eager(hf_dir: str, threads: int, new_tokens: int) -> dict:
 LLAMACPP_JS = ROOT / "bench" / "llamacpp_decode.mjs"
 LLAMACPP_INSTALL = "bash bench/llamacpp_setup.sh"  # node >= 20 + npm; prebuilt node-llama-cpp, no compile, ~15 s
 INT4_BUNDLE = ROOT / "artifacts" / "bundles" / "smollm2-int4"
+
+
+def _kernels_row() -> str:
+    """The kernel graph's row name, marked (default) where `kernels.dispatch` picks it on this CPU."""
+    from cogenesis.runtime import kernels
+
+    chosen, _ = kernels.dispatch(kernels.cpu_features(), kernels.library_features())
+    return "cogenesis ORT int4 + kernels" + (" (default)" if chosen else "")
+
+
+KERNELS_ROW = _kernels_row()
 
 
 def llamacpp_dir() -> Path:
@@ -426,6 +440,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS / "edge_decode"))
     ap.add_argument("--configs", nargs="+", default=None, metavar="SUBSTR",
                     help="only the rows whose name contains one of these (e.g. eager 'ORT int4' llama.cpp)")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the native llama.cpp comparison")
     ap.add_argument("--llamacpp-check", action="store_true",
                     help="only: llama.cpp vs our int4 bundle, greedy tokens on the parity prompts (no torch)")
     a = ap.parse_args()
@@ -452,9 +467,9 @@ def main() -> None:
         bundles[q] = b
     configs = [("transformers eager fp32", "eager", str(hf_dir), None)]
     configs += [(f"cogenesis ORT {q}", "ort", str(b / "model.onnx"), b) for q, b in bundles.items()]
-    if (bundles["int4"] / "model.kernel.onnx").is_file():  # the default: our exact Q4_1 kernel, right after the
-        at = 1 + [c[0] for c in configs].index("cogenesis ORT int4")  # same bundle's portable graph (no library)
-        configs.insert(at, ("cogenesis ORT int4 + kernels (default)", "ort", str(bundles["int4"] / "model.kernel.onnx"),
+    if (bundles["int4"] / "model.kernel.onnx").is_file():  # our exact Q4_1 kernels (the default where dispatched),
+        at = 1 + [c[0] for c in configs].index("cogenesis ORT int4")  # after the same bundle's portable graph
+        configs.insert(at, (KERNELS_ROW, "ort", str(bundles["int4"] / "model.kernel.onnx"),
                             bundles["int4"]))
     g = _genai_int4(hf_dir) if wanted("builder int4") else None
     if g:
@@ -469,7 +484,7 @@ def main() -> None:
             configs.append((f"ExecuTorch XNNPACK {q} (.pte)", "pte", str(b / "model.pte"), b))
     lc_info = llamacpp_info() if wanted("llama.cpp") else None
     if lc_info:
-        configs.append((f"llama.cpp ({lc_info['release']}, same GGUF)", "llamacpp", str(gguf), None))
+        configs.append((f"llama.cpp prebuilt (npm, {lc_info['release']}, same GGUF)", "llamacpp", str(gguf), None))
     elif wanted("llama.cpp"):
         print(f"llama.cpp not installed: its row is skipped (install: {LLAMACPP_INSTALL}, needs node >= 20 + npm)")
     configs = [c for c in configs if wanted(c[0])]
@@ -539,7 +554,13 @@ def main() -> None:
         out["llamacpp"] = {**lc_info, **run_info, "greedy_agreement": lc_agree, "vs_ours": _vs_llamacpp(rows, lc_rows)}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out + ".json").write_text(json.dumps(out, indent=2))
+    import cpu_dispatch
+
+    c = cpu_dispatch.cpu()
+    out["machine"].update(model=c["model"], features=c["features"], kernels=c["why"])
     md = [f"# Edge decode benchmark ({out['date']}, {os.cpu_count()} cores, copy bandwidth {bw:.1f} GB/s)", "",
+          f"CPU: {c['model']} ({c['machine']}), features: {', '.join(c['features'])}; our kernels here: "
+          f"{'used' if c['kernels_chosen'] else 'not used'} ({c['why']}).", "",
           "| config | threads | decode tok/s | x eager | prefill 200 (s) | prefill 1.5k (s) | decode tok/s after 1.5k "
           "| peak RSS (MB) | model (MB) | % of bandwidth limit | top-1 vs eager | KL | greedy identical |",
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -553,6 +574,12 @@ def main() -> None:
                   + (f"{r['teacher_forced_top1']:.3f} | {r['mean_kl']:.4f} | {r['greedy_identical_prompts']}/3 |"
                      if "teacher_forced_top1" in r else f"- | - | {r['greedy_identical_prompts']}/3 |"
                      if "greedy_identical_prompts" in r else "1 (reference) | 0 | 3/3 |"))
+    if wanted("cogenesis ORT int4"):  # the fair anchor: llama.cpp built natively here, interleaved with our int4
+        import native_anchor
+
+        out["native_llamacpp"], section = native_anchor.run(a.threads, a.rounds, 64, {
+            "kernels": quality.get(KERNELS_ROW), "portable": quality.get("cogenesis ORT int4")}, refs)
+        md += section
     if lc_info or wanted("llama.cpp"):  # a --configs run without llama.cpp says nothing about it
         md += _llamacpp_md(out.get("llamacpp"))
     Path(a.out + ".md").write_text("\n".join(md) + "\n")

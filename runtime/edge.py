@@ -11,7 +11,7 @@ import numpy as np
 from cogenesis.runtime.bundle import BundleError, read_manifest, verify_bundle
 from tokenizers import Tokenizer
 
-from . import chat, kernels
+from . import chat, kernel_trial, kernels
 from .generate import GenerationResult, GenerationStats, StreamDecoder, generate_tokens
 from .model import Decoder, KVSpec, make_session, uses_gqa
 from .sampling import Sampler, SamplingConfig
@@ -40,7 +40,7 @@ class EdgeModel:
             raise BundleError(f"{self.path / 'tokenizer.json'} could not be read ({e}); re-export the bundle") from e
         self.template = chat.compile_template((self.path / "chat_template.jinja").read_text(encoding="utf-8"))
         self.generation_config = json.loads((self.path / "generation_config.json").read_text(encoding="utf-8"))
-        onnx_path, lib = self._graph()
+        onnx_path, lib = self._graph(threads)
         try:
             session = _open_session(onnx_path, threads, lib)
         except BundleError as e:
@@ -61,14 +61,26 @@ class EdgeModel:
         self.stop_ids = set(eos if isinstance(eos, list) else [eos])
         self.special_tokens = st
 
-    def _graph(self) -> tuple[Path, str | None]:
-        """The kernel graph (model.kernel.onnx) when the bundle has one and our kernel library is built,
-        else the portable model.onnx. Both compute the same function (the export report checks it)."""
+    def _graph(self, threads: int | None) -> tuple[Path, str | None]:
+        """The kernel graph (model.kernel.onnx) when the bundle has one, our kernel library is built and
+        `kernels.dispatch` picks it here (on a CPU whose path we have not measured: when a first-load trial finds
+        it faster), else the portable model.onnx. Both compute the same function (the export report checks it)."""
         portable = self.path / self.manifest["onnx"]["file"]
         kg = self.manifest["onnx"].get("kernel_graph")
+        self.kernel_choice = "the bundle has no kernel graph"
         if not kg:
             return portable, None
-        lib = kernels.library()  # None when off or not built; raises when required and missing
+        lib, self.kernel_choice = kernels.usage()  # None when off or not built; raises when required and missing
+        if lib and kernels.needs_trial():
+            try:
+                mm = self.manifest["model"]
+                kv = KVSpec(mm["num_layers"], mm["num_kv_heads"], mm["head_dim"])
+                faster, self.kernel_choice = kernel_trial.kernels_faster(
+                    portable, self.path / kg["file"], str(lib), threads, kv, uses_gqa(str(portable)),
+                    json.dumps([self.manifest["files"].get(f, {}).get("sha256") for f in (kg["file"], "model.onnx.data")]))
+            except Exception as e:  # noqa: BLE001 - a failed trial must not stop the model: portable graph
+                faster, self.kernel_choice = False, f"first-load trial failed ({e}); the portable graph runs"
+            lib = lib if faster else None
         return (self.path / kg["file"], str(lib)) if lib else (portable, None)
 
     def _check_signature(self, session) -> None:

@@ -34,7 +34,8 @@ from pathlib import Path
 from cogenesis.core.paths import cache_dir
 
 CSRC = Path(__file__).parent / "csrc"
-SOURCES = [CSRC / "q41_matmul.cc", CSRC / "q8_0_matmul.cc", CSRC / "gqa_decode.cc", CSRC / "register.cc"]
+SOURCES = [CSRC / "q41_matmul.cc", CSRC / "q8_0_matmul.cc", CSRC / "gqa_decode.cc", CSRC / "attend.cc",
+           CSRC / "register.cc"]
 DOMAIN = "cogenesis"
 LIB_NAME = "libcogenesis_kernels.so"
 
@@ -143,7 +144,7 @@ def _flags(march: str = "native") -> list[str]:
 
 def _key(cxx: str, inc: Path, march: str = "native") -> str:
     h = hashlib.sha256()
-    for s in [*SOURCES, CSRC / "kernels.h"]:
+    for s in [*SOURCES, CSRC / "kernels.h", CSRC / "attend.h"]:
         h.update(s.read_bytes())
     h.update(" ".join(_flags(march)).encode())
     h.update(subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.encode())
@@ -188,6 +189,15 @@ def cpu_features() -> set[str]:
     return set()
 
 
+# The vector paths the kernels have, best first: (library feature, the CPU flags it needs, its name). A library
+# runs the best path it was compiled with (an AVX-512 build also has __AVX2__, and runs only AVX-512 code).
+PATHS = (("avx512f", ("avx512f",), "AVX-512 path"),
+         ("avx2", ("avx2", "fma", "f16c"), "AVX2 + FMA path"),
+         ("neon", ("asimd",), "NEON path"))
+MEASURED = {"AVX-512 path", "AVX2 + FMA path"}  # measured against the portable graph; others: a first-load trial
+_MACROS = (("avx512f", ("__AVX512F__",)), ("avx2", ("__AVX2__", "__FMA__", "__F16C__")), ("neon", ("__ARM_NEON",)))
+
+
 @functools.lru_cache(maxsize=8)
 def library_features(march: str | None = None) -> frozenset[str]:
     """Which fast paths a library built for `march` compiled in: the compiler's own predefined macros."""
@@ -196,22 +206,39 @@ def library_features(march: str | None = None) -> frozenset[str]:
                            capture_output=True, text=True, timeout=30)
     except (KernelError, OSError, subprocess.SubprocessError):
         return frozenset()
-    return frozenset(f for macro, f in (("__AVX512F__", "avx512f"), ("__ARM_NEON", "neon")) if macro in r.stdout)
+    defined = {ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("#define ")}
+    return frozenset(f for f, macros in _MACROS if all(m in defined for m in macros))
 
 
 def dispatch(cpu: set[str], lib: frozenset[str] | set[str]) -> tuple[bool, str]:
-    """Whether auto mode uses the kernels: only where they have a vector path for this CPU.
+    """Whether auto mode uses the kernels: only where the library's best vector path runs on this CPU.
 
-    Measured (SmolLM2-135M int4, 1 thread, bench/results/cpu_dispatch.md): on an AVX-512 Xeon our kernels decode
-    1.6-2.0x the portable graph; on an AVX2 + FMA EPYC (no AVX-512) they fall back to scalar C++: decode after
-    200 tokens 20.8 tok/s vs 33.0 for the portable graph (onnxruntime's MatMulNBits), prefill 80 vs 302.
-    There is no NEON path yet.
+    Measured (SmolLM2-135M int4, tok/s, kernels / portable graph; bench/results/cpu_dispatch.md): the AVX2 path
+    on an AMD EPYC without AVX-512 decodes ~2.7x (1 thread) the portable graph (onnxruntime's MatMulNBits) and
+    prefills about as fast; the AVX-512 path on a Xeon 1.6-2.0x. Without a vector path the kernels run plain C++,
+    slower than the portable graph (20.8 vs 33.0 decode on the EPYC), so that is never chosen. The NEON path is
+    checked for correctness under emulation (`make arm-check`); its speed on real ARM hardware is unmeasured.
     """
-    if "avx512f" in cpu and "avx512f" in lib:
-        return True, "AVX-512 path"
-    why = "the library was built without AVX-512" if "avx512f" in cpu else "this CPU has no AVX-512"
-    return False, (f"{why}, so our kernels would run their scalar path, slower than the portable graph; "
-                   "COGENESIS_KERNELS=1 uses them anyway (the exact path)")
+    best = next(((need, name) for feat, need, name in PATHS if feat in lib), None)
+    if best is None:
+        return False, ("the library has no vector path for this CPU (built without AVX2/AVX-512/NEON), so our "
+                       "kernels would run plain C++, slower than the portable graph; COGENESIS_KERNELS=1 uses them "
+                       "anyway (the exact path)")
+    need, name = best
+    missing = [f for f in need if f not in cpu]
+    if missing:
+        return False, (f"the library was built for its {name} but this CPU lacks {', '.join(missing)}; build one "
+                       "for this CPU (`cogenesis kernels build` with COGENESIS_KERNELS_MARCH unset)")
+    return True, name
+
+
+def needs_trial() -> bool:
+    """Auto mode on a path we have not measured (NEON): the runtime times both graphs at first load
+    (runtime/kernel_trial.py) instead of trusting the table."""
+    if mode() != "auto":
+        return False
+    use, path = dispatch(cpu_features(), library_features())
+    return use and path not in MEASURED
 
 
 def usage() -> tuple[Path | None, str]:

@@ -16,7 +16,9 @@ PROMPT="Write a two-sentence note to my team about next week."
 MARCH=armv8.2-a+fp16+dotprod  # Cortex-A76 (Pi 5); a Pi 4 (Cortex-A72) is armv8-a
 ORT_VERSION=$(.venv/bin/python -c 'import onnxruntime; print(onnxruntime.__version__)')
 ONNX_VERSION=$(.venv/bin/python -c 'import onnx; print(onnx.__version__)')
-mkdir -p "$EMU"
+# the `edge` extra as pyproject.toml declares it (what a Pi installs), less onnxruntime (pinned above)
+mapfile -t EDGE_DEPS < <(.venv/bin/python -c 'import tomllib; print("\n".join(d for d in tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["edge"] if not d.startswith("onnxruntime")))')
+mkdir -p "$EMU" && EMU="$(cd "$EMU" && pwd)"  # absolute: the script later runs from inside it
 [ -f "$BUNDLE/manifest.json" ] || { echo "no int4 bundle at $BUNDLE: run \`make demo\` first" >&2; exit 1; }
 
 command -v qemu-aarch64-static > /dev/null && command -v aarch64-linux-gnu-g++ > /dev/null ||
@@ -40,14 +42,14 @@ mkdir -p "$EMU/root/proc"
 for i in 0 1; do printf 'processor\t: %s\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x4\nCPU part\t: 0xd0b\nCPU revision\t: 1\n\n' $i; done > "$EMU/root/proc/cpuinfo"
 
 # aarch64 wheels: the edge extra + pytest + onnx (the tests build small graphs); our own wheel, fresh each run.
-if [ ! -f "$EMU/site/.done-$ORT_VERSION" ]; then
+STAMP=".done-$ORT_VERSION-$(printf "%s " "${EDGE_DEPS[@]}" | sha256sum | cut -c1-12)"
+if [ ! -f "$EMU/site/$STAMP" ]; then
   .venv/bin/pip download -q --only-binary=:all: --python-version 3.11 --implementation cp --abi cp311 \
     --platform manylinux2014_aarch64 --platform manylinux_2_17_aarch64 --platform manylinux_2_28_aarch64 \
-    -d "$EMU/wheels" "onnxruntime==$ORT_VERSION" "onnx==$ONNX_VERSION" numpy tokenizers jinja2 requests pydantic \
-    tqdm rich pytest
+    -d "$EMU/wheels" "onnxruntime==$ORT_VERSION" "onnx==$ONNX_VERSION" "${EDGE_DEPS[@]}" tqdm rich pytest
   rm -rf "$EMU/site" && mkdir -p "$EMU/site"
   for w in "$EMU"/wheels/*.whl; do python3 -m zipfile -e "$w" "$EMU/site"; done
-  touch "$EMU/site/.done-$ORT_VERSION"
+  touch "$EMU/site/$STAMP"
 fi
 rm -rf "$EMU/ours" && .venv/bin/pip wheel -q . --no-deps --no-build-isolation -w "$EMU/ours" 2> /dev/null
 rm -rf "$EMU/site/cogenesis" && python3 -m zipfile -e "$EMU"/ours/*.whl "$EMU/site"

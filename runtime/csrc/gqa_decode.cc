@@ -1,5 +1,5 @@
 // CoGenesis Edge kernels: cogenesis.GroupQueryAttention, a drop-in for com.microsoft.GroupQueryAttention.
-#include "kernels.h"
+#include "attend.h"
 
 #include <algorithm>
 #include <cmath>
@@ -8,9 +8,6 @@
 #include <string>
 #include <vector>
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
 
 namespace {
 
@@ -21,57 +18,6 @@ namespace {
 // grew to ~21 ms per token at a 1.5k context for SmolLM2). Every other case (prefill, batches, local windows,
 // softcap, separate past/present buffers) is handed to onnxruntime's own kernel through InvokeOp.
 
-template <typename T>
-T attr_or(const Ort::ConstKernelInfo& ki, const char* name, T dflt) {
-  try {
-    return ki.GetAttribute<T>(name);
-  } catch (const Ort::Exception&) {
-    return dflt;
-  }
-}
-
-#if defined(__AVX512F__)
-// exp for softmax inputs (x <= 0): Cephes-style range reduction + degree-6 polynomial, ~2 ulp.
-inline __m512 exp16(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_scalef_ps(p, n);
-}
-#endif
-
-inline void softmax_inplace(float* s, int64_t n) {
-  float mx = s[0];
-  for (int64_t t = 1; t < n; ++t) mx = std::max(mx, s[t]);
-  float sum = 0;
-  int64_t t = 0;
-#if defined(__AVX512F__)
-  __m512 vs = _mm512_setzero_ps();
-  const __m512 vm = _mm512_set1_ps(mx);
-  for (; t + 16 <= n; t += 16) {
-    const __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(s + t), vm));
-    _mm512_storeu_ps(s + t, e);
-    vs = _mm512_add_ps(vs, e);
-  }
-  sum = _mm512_reduce_add_ps(vs);
-#endif
-  for (; t < n; ++t) {
-    s[t] = std::exp(s[t] - mx);
-    sum += s[t];
-  }
-  const float inv = 1.0f / sum;
-  for (t = 0; t < n; ++t) s[t] *= inv;
-}
-
 // Non-interleaved rotary (the half-split form): x[i], x[i + half] for i < half = rotary_dim / 2.
 inline void rotate(const float* x, float* out, const float* cos, const float* sin, int64_t half, int64_t hd) {
   for (int64_t i = 0; i < half; ++i) {
@@ -81,87 +27,12 @@ inline void rotate(const float* x, float* out, const float* cos, const float* si
   for (int64_t i = 2 * half; i < hd; ++i) out[i] = x[i];
 }
 
-struct AttnWork {
-  const float* q;     // [nh][hd], rotated
-  const float* kc;    // [nkv][cap][hd]
-  const float* vc;
-  float* out;         // [nh][hd]
-  int64_t nh, nkv, hd, cap, len;
-  float scale;
-};
-
-#if defined(__AVX512F__)
-// One KV head, all G query heads sharing it, head_dim = 16 * D: each K row and each V row is loaded once and
-// used by every query head (queries and outputs stay in registers).
-template <int D, int G>
-void attend_fixed(const AttnWork& w, int64_t h, float* sc) {
-  const int64_t len = w.len, hd = 16 * D;
-  const float* K = w.kc + h * w.cap * hd;
-  const float* V = w.vc + h * w.cap * hd;
-  __m512 q[G][D];
-  for (int j = 0; j < G; ++j)
-    for (int d = 0; d < D; ++d) q[j][d] = _mm512_loadu_ps(w.q + (h * G + j) * hd + 16 * d);
-  for (int64_t t = 0; t < len; ++t) {
-    const float* k = K + t * hd;
-    __m512 kr[D];
-    for (int d = 0; d < D; ++d) kr[d] = _mm512_loadu_ps(k + 16 * d);
-    for (int j = 0; j < G; ++j) {
-      __m512 a = _mm512_mul_ps(q[j][0], kr[0]);
-      for (int d = 1; d < D; ++d) a = _mm512_fmadd_ps(q[j][d], kr[d], a);
-      sc[j * len + t] = _mm512_reduce_add_ps(a) * w.scale;
-    }
-  }
-  for (int j = 0; j < G; ++j) softmax_inplace(sc + j * len, len);
-  __m512 o[G][D];
-  for (int j = 0; j < G; ++j)
-    for (int d = 0; d < D; ++d) o[j][d] = _mm512_setzero_ps();
-  for (int64_t t = 0; t < len; ++t) {
-    const float* v = V + t * hd;
-    __m512 vr[D];
-    for (int d = 0; d < D; ++d) vr[d] = _mm512_loadu_ps(v + 16 * d);
-    for (int j = 0; j < G; ++j) {
-      const __m512 p = _mm512_set1_ps(sc[j * len + t]);
-      for (int d = 0; d < D; ++d) o[j][d] = _mm512_fmadd_ps(p, vr[d], o[j][d]);
-    }
-  }
-  for (int j = 0; j < G; ++j)
-    for (int d = 0; d < D; ++d) _mm512_storeu_ps(w.out + (h * G + j) * hd + 16 * d, o[j][d]);
-}
-#endif
-
-// One KV head: scores for its query heads over the cache, softmax, weighted sum of values.
-void attend_kv_head(const AttnWork& w, int64_t h) {
-  const int64_t group = w.nh / w.nkv, hd = w.hd, len = w.len;
-  thread_local std::vector<float> sc;
-  sc.resize(static_cast<size_t>(group * len));
-#if defined(__AVX512F__)
-  if (hd == 64 && group == 3) return attend_fixed<4, 3>(w, h, sc.data());  // SmolLM2 (9 heads over 3)
-  if (hd == 64 && group == 4) return attend_fixed<4, 4>(w, h, sc.data());
-  if (hd == 64 && group == 2) return attend_fixed<4, 2>(w, h, sc.data());
-  if (hd == 128 && group == 2) return attend_fixed<8, 2>(w, h, sc.data());
-  if (hd == 64 && group == 1) return attend_fixed<4, 1>(w, h, sc.data());
-#endif
-  const float* K = w.kc + h * w.cap * hd;
-  const float* V = w.vc + h * w.cap * hd;
-  for (int64_t j = 0; j < group; ++j) {
-    const float* q = w.q + (h * group + j) * hd;
-    float* s = sc.data() + j * len;
-    for (int64_t t = 0; t < len; ++t) {
-      const float* k = K + t * hd;
-      float acc = 0;
-      for (int64_t d = 0; d < hd; ++d) acc += q[d] * k[d];
-      s[t] = acc * w.scale;
-    }
-    softmax_inplace(s, len);
-  }
-  for (int64_t j = 0; j < group; ++j) {
-    float* o = w.out + (h * group + j) * hd;
-    const float* s = sc.data() + j * len;
-    std::fill(o, o + hd, 0.0f);
-    for (int64_t t = 0; t < len; ++t) {
-      const float p = s[t], *v = V + t * hd;
-      for (int64_t d = 0; d < hd; ++d) o[d] += p * v[d];  // vectorizes: no reduction across lanes
-    }
+template <typename T>
+T attr_or(const Ort::ConstKernelInfo& ki, const char* name, T dflt) {
+  try {
+    return ki.GetAttribute<T>(name);
+  } catch (const Ort::Exception&) {
+    return dflt;
   }
 }
 
@@ -243,10 +114,9 @@ struct GqaKernel {
       rotate(qkv + (nh + h) * hd, kc + (h * cap + pos) * hd, cosp, sinp, half, hd);
       std::memcpy(vc + (h * cap + pos) * hd, qkv + (nh + nkv + h) * hd, static_cast<size_t>(hd) * sizeof(float));
     }
-    AttnWork w{q.data(), kc, vc, out.GetTensorMutableData<float>(), nh, nkv, hd, cap, pos + 1,
+    cg::AttnWork w{q.data(), kc, vc, out.GetTensorMutableData<float>(), nh, nkv, hd, cap, pos + 1,
                scale != 0.0f ? scale : 1.0f / std::sqrt(float(hd))};
-    ctx.ParallelFor([](void* u, size_t h) { attend_kv_head(*static_cast<AttnWork*>(u), int64_t(h)); },
-                    static_cast<size_t>(nkv), 0, &w);
+    cg::attend(ctx, w);
   }
 
   void invoke_fallback(OrtKernelContext* raw, Ort::KernelContext& ctx, const OrtValue* const* in, size_t nin) {

@@ -18,8 +18,10 @@
 #include <string>
 #include <vector>
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
+#elif defined(__ARM_NEON) && defined(__aarch64__)
+#include <arm_neon.h>
 #endif
 
 namespace {
@@ -152,8 +154,145 @@ void panel_gemm2(const float* panel, int64_t K, const float* A, int64_t lda, int
     _mm512_storeu_ps(Y + m * ldy + G, r1);
   }
 }
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+// AVX2 + FMA + F16C (most x86 laptops and cloud CPUs without AVX-512): the same record layout, 8 columns per
+// register. Σ q·x is accumulated on the raw codes (0..15) and the GGUF minimum m = c - 8d added per block,
+// y = Σ_b d_b·Σ q·x + m_b·Σ x, the Q4_1 formula llama.cpp uses, in fp32 (no subtraction of 8 per weight).
+inline __m256 half8(const uint8_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+inline __m256i codes8(const uint8_t* p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))); }
+
+// y[g*16 ..] for groups [g0, g1) of one row x (K floats), s: the nb block sums of x.
+void gemv(const Packed& p, const float* x, const float* s, float* y, int64_t g0, int64_t g1) {
+  const __m256i nib = _mm256_set1_epi32(15);
+  for (int64_t g = g0; g < g1; ++g) {
+    const uint8_t* r = p.at(g, 0);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    for (int64_t b = 0; b < p.nb; ++b, r += REC) {
+      for (int l = 0; l < REC; l += 64) _mm_prefetch(reinterpret_cast<const char*>(r + 4 * REC + l), _MM_HINT_T0);
+      const float* xb = x + b * BLK;
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, b0 = a0, b1 = a0;  // columns 0-7 / 8-15, even / odd rows
+      for (int i = 0; i < 16; ++i) {
+        const __m256i v0 = codes8(r + i * G), v1 = codes8(r + i * G + 8);
+        const __m256 xe = _mm256_set1_ps(xb[2 * i]), xo = _mm256_set1_ps(xb[2 * i + 1]);
+        a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v0, nib)), xe, a0);
+        a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v1, nib)), xe, a1);
+        b0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v0, 4)), xo, b0);
+        b1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v1, 4)), xo, b1);
+      }
+      const __m256 sb = _mm256_set1_ps(s[b]);
+      acc0 = _mm256_fmadd_ps(_mm256_add_ps(a0, b0), half8(r + 256), acc0);
+      acc1 = _mm256_fmadd_ps(_mm256_add_ps(a1, b1), half8(r + 256 + 16), acc1);
+      acc0 = _mm256_fmadd_ps(half8(r + 256 + 2 * G), sb, acc0);
+      acc1 = _mm256_fmadd_ps(half8(r + 256 + 2 * G + 16), sb, acc1);
+    }
+    _mm256_storeu_ps(y + g * G, acc0);
+    _mm256_storeu_ps(y + g * G + 8, acc1);
+  }
+}
+
+// Dequantize groups [g, g + ng) into panel[K][ng*16] (w = d*q + m).
+void dequant(const Packed& p, int64_t g, int64_t ng, float* panel) {
+  const __m256i nib = _mm256_set1_epi32(15);
+  const int64_t ld = ng * G;
+  for (int64_t h = 0; h < ng; ++h) {
+    const uint8_t* r = p.at(g + h, 0);
+    for (int64_t b = 0; b < p.nb; ++b, r += REC)
+      for (int c = 0; c < 2; ++c) {  // columns 8c .. 8c+7
+        const __m256 d = half8(r + 256 + 16 * c), m = half8(r + 256 + 2 * G + 16 * c);
+        for (int i = 0; i < 16; ++i) {
+          const __m256i v = codes8(r + i * G + 8 * c);
+          float* row = panel + (b * BLK + 2 * i) * ld + h * G + 8 * c;
+          _mm256_storeu_ps(row, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v, nib)), d, m));
+          _mm256_storeu_ps(row + ld, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4)), d, m));
+        }
+      }
+  }
+}
+
+// Y[rows, 16 columns] = A[rows] @ panel[:, c0 : c0 + 16] (panel rows of ldp floats), 6 rows at a time (12
+// accumulators + 2 weight registers + 1 broadcast: the 16 ymm registers AVX2 has).
+void panel_gemm16(const float* panel, int64_t ldp, int64_t K, const float* A, int64_t lda, int64_t M, float* Y,
+                  int64_t ldy) {
+  int64_t m = 0;
+  for (; m + 6 <= M; m += 6) {
+    __m256 r[6][2];
+    for (int i = 0; i < 6; ++i) r[i][0] = r[i][1] = _mm256_setzero_ps();
+    const float* a = A + m * lda;
+    for (int64_t k = 0; k < K; ++k) {
+      const __m256 w0 = _mm256_loadu_ps(panel + k * ldp), w1 = _mm256_loadu_ps(panel + k * ldp + 8);
+      for (int i = 0; i < 6; ++i) {
+        const __m256 x = _mm256_broadcast_ss(a + i * lda + k);
+        r[i][0] = _mm256_fmadd_ps(w0, x, r[i][0]);
+        r[i][1] = _mm256_fmadd_ps(w1, x, r[i][1]);
+      }
+    }
+    for (int i = 0; i < 6; ++i) {
+      _mm256_storeu_ps(Y + (m + i) * ldy, r[i][0]);
+      _mm256_storeu_ps(Y + (m + i) * ldy + 8, r[i][1]);
+    }
+  }
+  for (; m < M; ++m) {
+    __m256 r0 = _mm256_setzero_ps(), r1 = r0;
+    const float* a = A + m * lda;
+    for (int64_t k = 0; k < K; ++k) {
+      const __m256 x = _mm256_broadcast_ss(a + k);
+      r0 = _mm256_fmadd_ps(_mm256_loadu_ps(panel + k * ldp), x, r0);
+      r1 = _mm256_fmadd_ps(_mm256_loadu_ps(panel + k * ldp + 8), x, r1);
+    }
+    _mm256_storeu_ps(Y + m * ldy, r0);
+    _mm256_storeu_ps(Y + m * ldy + 8, r1);
+  }
+}
+
+void panel_gemm2(const float* panel, int64_t K, const float* A, int64_t lda, int64_t M, float* Y, int64_t ldy) {
+  panel_gemm16(panel, 2 * G, K, A, lda, M, Y, ldy);
+  panel_gemm16(panel + G, 2 * G, K, A, lda, M, Y + G, ldy);
+}
 #else
-// Portable path (ARM, AVX2 machines): the same loops in plain C++, written so that -O3 vectorizes them.
+#if defined(__ARM_NEON) && defined(__aarch64__)
+// NEON (Raspberry Pi 5, Android arm64): the AVX2 path's arithmetic (Σ q·x on the raw codes, + m·Σx per block),
+// 4 columns per register; codes widened u8 -> u16 -> u32 -> fp32. Prefill uses the plain C++ panel below.
+inline void widen16(uint8x16_t v, float32x4_t w[4]) {
+  const uint16x8_t lo = vmovl_u8(vget_low_u8(v)), hi = vmovl_u8(vget_high_u8(v));
+  w[0] = vcvtq_f32_u32(vmovl_u16(vget_low_u16(lo)));
+  w[1] = vcvtq_f32_u32(vmovl_u16(vget_high_u16(lo)));
+  w[2] = vcvtq_f32_u32(vmovl_u16(vget_low_u16(hi)));
+  w[3] = vcvtq_f32_u32(vmovl_u16(vget_high_u16(hi)));
+}
+
+inline float32x4_t half4(const uint8_t* p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(reinterpret_cast<const uint16_t*>(p)))); }
+
+void gemv(const Packed& p, const float* x, const float* s, float* y, int64_t g0, int64_t g1) {
+  const uint8x16_t nib = vdupq_n_u8(15);
+  for (int64_t g = g0; g < g1; ++g) {
+    const uint8_t* r = p.at(g, 0);
+    float32x4_t acc[4] = {vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0)};
+    for (int64_t b = 0; b < p.nb; ++b, r += REC) {
+      __builtin_prefetch(r + 4 * REC);
+      __builtin_prefetch(r + 4 * REC + 128);
+      __builtin_prefetch(r + 4 * REC + 256);
+      const float* xb = x + b * BLK;
+      float32x4_t a[4] = {vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0)}, o[4] = {a[0], a[1], a[2], a[3]};
+      for (int i = 0; i < 16; ++i) {
+        const uint8x16_t v = vld1q_u8(r + i * G);
+        float32x4_t lo[4], hi[4];
+        widen16(vandq_u8(v, nib), lo);
+        widen16(vshrq_n_u8(v, 4), hi);
+        for (int c = 0; c < 4; ++c) {
+          a[c] = vfmaq_n_f32(a[c], lo[c], xb[2 * i]);
+          o[c] = vfmaq_n_f32(o[c], hi[c], xb[2 * i + 1]);
+        }
+      }
+      for (int c = 0; c < 4; ++c) {
+        acc[c] = vfmaq_f32(acc[c], vaddq_f32(a[c], o[c]), half4(r + 256 + 8 * c));
+        acc[c] = vfmaq_n_f32(acc[c], half4(r + 256 + 2 * G + 8 * c), s[b]);
+      }
+    }
+    for (int c = 0; c < 4; ++c) vst1q_f32(y + g * G + 4 * c, acc[c]);
+  }
+}
+#else
+// Plain C++ (x86 without AVX2, other CPUs): the same loops, written so that -O3 vectorizes them.
 void gemv(const Packed& p, const float* x, const float* s, float* y, int64_t g0, int64_t g1) {
   for (int64_t g = g0; g < g1; ++g) {
     float acc[G] = {0};
@@ -173,7 +312,7 @@ void gemv(const Packed& p, const float* x, const float* s, float* y, int64_t g0,
     std::memcpy(y + g * G, acc, sizeof(acc));
   }
 }
-
+#endif
 
 void dequant(const Packed& p, int64_t g, int64_t ng, float* panel) {
   const int64_t ld = ng * G;
@@ -272,7 +411,7 @@ struct Q41Kernel {
           for (int64_t j = 0; j < BLK; ++j) t += A[m * p.K + b * BLK + j];
           s[m * p.nb + b] = t;
         }
-      cg::parallel_chunks(ctx, p.N / G, 8, [&](int64_t g0, int64_t g1) {
+      cg::parallel_chunks(ctx, p.N / G, 2, [&](int64_t g0, int64_t g1) {
         for (int64_t g = g0; g < g1; ++g)  // the group's records stay in L1 across rows
           for (int64_t m = 0; m < M; ++m) gemv(p, A + m * p.K, s.data() + m * p.nb, Y + m * p.N, g, g + 1);
       });

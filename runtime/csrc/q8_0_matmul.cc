@@ -14,8 +14,10 @@
 #include <string>
 #include <vector>
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
+#elif defined(__ARM_NEON) && defined(__aarch64__)
+#include <arm_neon.h>
 #endif
 
 namespace {
@@ -45,6 +47,12 @@ bool pack(const uint8_t* B, const float* scales, int64_t K, int64_t N, Packed& p
   return true;
 }
 
+#if defined(__AVX2__) && !defined(__AVX512F__)
+inline __m256 i8x8(const uint8_t* p) {  // 8 int8 codes as floats
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+#endif
+
 void gemv(const Packed& p, const float* x, float* y, int64_t g0, int64_t g1) {
   for (int64_t g = g0; g < g1; ++g) {
     const uint8_t* r = p.at(g, 0);
@@ -64,6 +72,43 @@ void gemv(const Packed& p, const float* x, float* y, int64_t g0, int64_t g1) {
       acc = _mm512_fmadd_ps(_mm512_add_ps(a0, a1), d, acc);
     }
     _mm512_storeu_ps(y + g * G, acc);
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    for (int64_t b = 0; b < p.nb; ++b, r += REC) {
+      for (int l = 0; l < REC; l += 64) _mm_prefetch(reinterpret_cast<const char*>(r + 4 * REC + l), _MM_HINT_T0);
+      const float* xb = x + b * BLK;
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, b0 = a0, b1 = a0;  // columns 0-7 / 8-15, even / odd k
+      for (int k = 0; k < BLK; k += 2) {
+        const __m256 xe = _mm256_set1_ps(xb[k]), xo = _mm256_set1_ps(xb[k + 1]);
+        a0 = _mm256_fmadd_ps(i8x8(r + k * G), xe, a0);
+        a1 = _mm256_fmadd_ps(i8x8(r + k * G + 8), xe, a1);
+        b0 = _mm256_fmadd_ps(i8x8(r + (k + 1) * G), xo, b0);
+        b1 = _mm256_fmadd_ps(i8x8(r + (k + 1) * G + 8), xo, b1);
+      }
+      const __m128i* dh = reinterpret_cast<const __m128i*>(r + BLK * G);
+      acc0 = _mm256_fmadd_ps(_mm256_add_ps(a0, b0), _mm256_cvtph_ps(_mm_loadu_si128(dh)), acc0);
+      acc1 = _mm256_fmadd_ps(_mm256_add_ps(a1, b1), _mm256_cvtph_ps(_mm_loadu_si128(dh + 1)), acc1);
+    }
+    _mm256_storeu_ps(y + g * G, acc0);
+    _mm256_storeu_ps(y + g * G + 8, acc1);
+#elif defined(__ARM_NEON) && defined(__aarch64__)
+    float32x4_t acc[4] = {vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0)};
+    for (int64_t b = 0; b < p.nb; ++b, r += REC) {
+      for (int l = 0; l < REC; l += 64) __builtin_prefetch(r + 4 * REC + l);
+      const float* xb = x + b * BLK;
+      float32x4_t a[4] = {vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0)};
+      for (int k = 0; k < BLK; ++k) {  // 16 int8 codes of row k, widened to 4 x 4 floats
+        const int8x16_t v = vld1q_s8(reinterpret_cast<const int8_t*>(r + k * G));
+        const int16x8_t lo = vmovl_s8(vget_low_s8(v)), hi = vmovl_s8(vget_high_s8(v));
+        a[0] = vfmaq_n_f32(a[0], vcvtq_f32_s32(vmovl_s16(vget_low_s16(lo))), xb[k]);
+        a[1] = vfmaq_n_f32(a[1], vcvtq_f32_s32(vmovl_s16(vget_high_s16(lo))), xb[k]);
+        a[2] = vfmaq_n_f32(a[2], vcvtq_f32_s32(vmovl_s16(vget_low_s16(hi))), xb[k]);
+        a[3] = vfmaq_n_f32(a[3], vcvtq_f32_s32(vmovl_s16(vget_high_s16(hi))), xb[k]);
+      }
+      const uint16_t* dh = reinterpret_cast<const uint16_t*>(r + BLK * G);
+      for (int c = 0; c < 4; ++c) acc[c] = vfmaq_f32(acc[c], a[c], vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(dh + 4 * c))));
+    }
+    for (int c = 0; c < 4; ++c) vst1q_f32(y + g * G + 4 * c, acc[c]);
 #else
     float acc[G] = {0};
     for (int64_t b = 0; b < p.nb; ++b, r += REC) {
