@@ -8,6 +8,8 @@ Rows, interleaved round by round (each ONNX row in its own process, `edge_decode
 * llama.cpp `llama-bench`, built here from source with -DGGML_NATIVE=ON (`scripts/build_llama_cpp.sh`), on the same
   Q4_1 GGUF, flash attention off and on; and on a Q4_0 copy (`llama-quantize`, its fastest 4-bit format here),
   flash attention off.
+On a CPU with AVX-512, three more rows: our kernels and llama.cpp both built for x86-64-v3 (AVX2 + FMA + F16C,
+no AVX-512; COGENESIS_KERNELS_MARCH and LLAMA_CPP_MARCH), so the AVX2 code paths are compared on the same silicon.
 Metrics: prefill 200 and 1,500 tokens (tok/s), decode after 200 and after 1,500 tokens (tok/s); the best of the
 rounds. The header names the CPU and its features and what `kernels.dispatch` picks here (the default path); the
 ratios are default path / the faster llama.cpp setting. Writes bench/results/cpu_dispatch.json and .md.
@@ -28,6 +30,8 @@ sys.path.insert(0, str(ROOT))
 BUNDLE = ROOT / "artifacts" / "bundles" / "smollm2-int4"
 FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "asimd", "asimddp", "i8mm")
 METRICS = ("prefill_200", "prefill_1500", "decode_after_200", "decode_after_1500")
+V3 = "x86-64-v3"  # the AVX2 level: both engines built for it, on an AVX-512 CPU
+LLAMA_V3 = (f"llama.cpp {V3} fa=0", f"llama.cpp {V3} fa=1")
 
 
 def cpu() -> dict:
@@ -41,8 +45,8 @@ def cpu() -> dict:
             "features": [f for f in FLAGS if f in feats], "kernels_chosen": use, "why": why}
 
 
-def ours(graph: Path, threads: int, new_tokens: int) -> dict:
-    env = {**os.environ, "COGENESIS_KERNELS": "1"}
+def ours(graph: Path, threads: int, new_tokens: int, march: str | None = None) -> dict:
+    env = {**os.environ, "COGENESIS_KERNELS": "1", **({"COGENESIS_KERNELS_MARCH": march} if march else {})}
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "edge_decode.py"), "--one", "ort", str(graph),
                         str(threads), "--new-tokens", str(new_tokens)], capture_output=True, text=True, env=env,
                        timeout=1800)
@@ -93,14 +97,25 @@ def markdown(r: dict) -> str:
                                                                       for k in METRICS) + " |")
         lines.append("| portable / kernels | " + " | ".join(f"{rows['portable'][k] / rows['kernels'][k]:.2f}x"
                                                              for k in METRICS) + " |")
+        if LLAMA_V3[0] in rows:
+            lines.append(v3_ratio(rows))
         lines.append("")
     return "\n".join(lines)
 
 
-def llama_bins() -> Path:
-    """The folder of llama-bench, llama-quantize and llama-server, built here once (scripts/build_llama_cpp.sh)."""
-    out = subprocess.run(["bash", str(ROOT / "scripts" / "build_llama_cpp.sh"), "llama-bench", "llama-quantize",
-                          "llama-server"], check=True, capture_output=True, text=True).stdout
+def v3_ratio(rows: dict) -> str:
+    """The markdown row: our x86-64-v3 kernels / the faster x86-64-v3 llama.cpp."""
+    best = {k: max(rows[n][k] for n in LLAMA_V3) for k in METRICS}
+    return (f"| **AVX2 builds ({V3}): kernels / faster llama.cpp** | "
+            + " | ".join(f"**{rows[f'kernels {V3}'][k] / best[k]:.2f}x**" for k in METRICS) + " |")
+
+
+def llama_bins(march: str = "native") -> Path:
+    """The folder of llama-bench, llama-quantize and llama-server, built here once (scripts/build_llama_cpp.sh);
+    march x86-64-v3: llama-bench only, built for AVX2 (no AVX-512)."""
+    targets = ["llama-bench"] if march != "native" else ["llama-bench", "llama-quantize", "llama-server"]
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "build_llama_cpp.sh"), *targets], check=True,
+                         capture_output=True, text=True, env={**os.environ, "LLAMA_CPP_MARCH": march}).stdout
     return Path(out.strip().splitlines()[-1])
 
 
@@ -132,6 +147,11 @@ def measure(threads: list[int], rounds: int, new_tokens: int) -> dict:
             ("llama.cpp fa=0", lambda t: llama(bindir / "llama-bench", gguf, t, 0, new_tokens)),
             ("llama.cpp fa=1", lambda t: llama(bindir / "llama-bench", gguf, t, 1, new_tokens)),
             ("llama.cpp Q4_0 fa=0", lambda t: llama(bindir / "llama-bench", q4_0, t, 0, new_tokens)))
+    if "avx512f" in res["cpu"]["features"]:  # the AVX2 paths too, both engines built for x86-64-v3
+        v3 = llama_bins(V3) / "llama-bench"
+        rows += ((f"kernels {V3}", lambda t: ours(BUNDLE / "model.kernel.onnx", t, new_tokens, V3)),
+                 (LLAMA_V3[0], lambda t: llama(v3, gguf, t, 0, new_tokens)),
+                 (LLAMA_V3[1], lambda t: llama(v3, gguf, t, 1, new_tokens)))
     for t in threads:
         runs: dict[str, list[dict]] = {}
         for _ in range(rounds):

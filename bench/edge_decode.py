@@ -440,7 +440,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS / "edge_decode"))
     ap.add_argument("--configs", nargs="+", default=None, metavar="SUBSTR",
                     help="only the rows whose name contains one of these (e.g. eager 'ORT int4' llama.cpp)")
-    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the native llama.cpp comparison")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the native llama.cpp comparison")
     ap.add_argument("--llamacpp-check", action="store_true",
                     help="only: llama.cpp vs our int4 bundle, greedy tokens on the parity prompts (no torch)")
     a = ap.parse_args()

@@ -71,9 +71,13 @@ def section(res: dict, prompts: int) -> list[str]:
             f"**{rows[default][k] / best[k]:.2f}x**" for k in cols) + " | | |")
         md.append("| default / llama.cpp Q4_0 | " + " | ".join(
             f"{rows[default][k] / rows['llama.cpp Q4_0 fa=0'][k]:.2f}x" for k in cols) + " | | |")
+        if cd.LLAMA_V3[0] in rows:
+            md.append(cd.v3_ratio(rows) + " | |")
         md.append("")
     md += ["Our rows compute the GGUF's Q4_1 weights exactly in fp32 (the kernels and the portable graph); llama.cpp "
-           "multiplies them with Q8_1-quantized activations. Top-1 is teacher-forced over 64 tokens on 3 prompts "
+           "multiplies them with Q8_1-quantized activations. Both keep the KV cache in fp16 (ours in the kernel graph; "
+           "the portable graph's cache is fp32). Rows marked x86-64-v3 (on an AVX-512 CPU only): ours and llama.cpp "
+           "both built for AVX2 + FMA + F16C without AVX-512, the code paths an AVX2-only CPU runs. Top-1 is teacher-forced over 64 tokens on 3 prompts "
            "against transformers eager on the dequantized GGUF; llama.cpp gives no logits here, so its rows carry "
            "greedy identity only."]
     return md

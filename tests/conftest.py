@@ -18,7 +18,8 @@ def _export_code_key() -> str:
     h = hashlib.sha256()
     files = ("default_model", "gguf_codes", "gguf_exact", "graph", "onnx_export", "pipeline", "quantize", "report",
              "targets", "builder_shim")  # what shapes an ONNX bundle (other export/ modules, e.g. executorch, do not)
-    for p in [ROOT / "export" / f"{f}.py" for f in files] + [ROOT / "runtime" / "bundle.py", ROOT / "runtime" / "format.py"]:
+    kernels = sorted((ROOT / "runtime" / "csrc").iterdir())  # the report's kernel parity is measured with them
+    for p in [ROOT / "export" / f"{f}.py" for f in files] + [ROOT / "runtime" / "bundle.py", ROOT / "runtime" / "format.py"] + kernels:
         h.update(p.read_bytes())
     return h.hexdigest()[:12]
 

@@ -117,19 +117,24 @@ def test_incremental_decode_equals_full_recompute(int4_model):
     step = [m.decoder.forward([t])[-1] for t in (100, 200, 300)]
     for i, lg in enumerate(step):
         _same_logits(lg, full[len(ids) + i])
+    first = step[0].copy()
     # roll back two tokens and continue differently: same as computing that sequence from scratch
     m.decoder.truncate(len(ids) + 1)
     again = m.decoder.forward([777])[-1]
     _same_logits(again, m.logits(ids + [100, 777])[-1])
+    np.testing.assert_array_equal(step[0], first)  # a later step does not write into logits already returned
 
 
 def _same_logits(got, want):
     """Without our kernel library the int4 bundle runs its portable graph: its top-64 logits (by the approximate
     ranking) are exact fp32; the rest come from the int8-activation lm_head, where a 1e-7 change of the hidden state (decode and prefill sum in different orders)
     can flip one activation's rounding and move the tail by ~0.03 (and swap which tokens near rank 64 were made
-    exact). A cache bug moves the top logits by far more than 2e-3."""
+    exact). The kernel graph's fp16 cache is read the same way by a full recompute and by steps, but a 1e-7
+    change of a key (prefill and decode linears sum in different orders) can round it to the neighbouring fp16
+    value: measured up to 0.0025 on logits near 27 (1e-4 relative). A cache bug moves the top logits by far more
+    than 5e-3."""
     top = np.argsort(-want)[:32]
-    np.testing.assert_allclose(got[top], want[top], atol=2e-3)
+    np.testing.assert_allclose(got[top], want[top], atol=5e-3)
     np.testing.assert_allclose(got, want, atol=0.1)
 
 
@@ -140,7 +145,7 @@ def test_kv_buffer_grows_past_initial_capacity(int4_model):
     m.decoder.reset()
     m.decoder.forward(ids[:300])
     m.decoder.forward(ids[300:699])
-    np.testing.assert_allclose(m.decoder.forward(ids[699:])[-1], ref, atol=2e-3)
+    np.testing.assert_allclose(m.decoder.forward(ids[699:])[-1], ref, atol=5e-3)  # see _same_logits
 
 
 def test_sampling_seeded_and_limits(int4_model):

@@ -143,13 +143,18 @@ def test_int4_bundle_carries_a_kernel_graph_with_exact_parity(int4_bundle):
     assert kg["file"] in m["files"]
     # 30 layers x (qkv, o, gate, up, down), the tied Q8_0 lm_head, 30 attention nodes
     assert kg["ops"] == {"cogenesis.Q4_1MatMul": 150, "cogenesis.Q8_0MatMul": 1, "cogenesis.GroupQueryAttention": 30}
+    assert kg["kv_dtype"] == "float16"
     rep = json.loads((int4_bundle / "export_report.json").read_text())
     kp, pp = rep["kernel_parity"], rep["parity"]
     assert "teacher_forced_top1" in kp, kp  # the library builds in `make setup`, so export measured it
-    assert kp["greedy_identical_prompts"] == kp["prompts"] == pp["greedy_identical_prompts"]
-    assert kp["teacher_forced_top1"] >= 0.99 and kp["mean_kl"] < 1e-3
-    # every logit exact (the portable graph's int8-activation lm_head moves its tail by up to ~0.5)
-    assert kp["max_abs_logit_diff"] < 1e-2 < pp["max_abs_logit_diff"]
+    # the weights are exact; the fp16 cache moves logits by a few hundredths (measured 0.023), in a prefill as in
+    # decode steps, so a near tie may flip (measured: one prompt at token 26 of 64, eager's top two 0.0015 apart).
+    # The portable graph's int8-activation lm_head moves its tail by up to ~0.5.
+    for path in ("", "decode_"):
+        top1 = kp[f"{path}top1" if path else "teacher_forced_top1"]
+        assert top1 >= 0.98 and kp[f"{path}mean_kl"] < 1e-4, kp
+        assert kp[f"{path}max_abs_logit_diff"] < 0.1 < pp["max_abs_logit_diff"]
+    assert kp["greedy_identical_prompts"] >= kp["prompts"] - 1
 
 
 def test_runtime_uses_kernel_graph_and_matches_portable(int4_bundle, fp32_bundle, lib, monkeypatch):
@@ -168,13 +173,15 @@ def test_runtime_uses_kernel_graph_and_matches_portable(int4_bundle, fp32_bundle
         la, lb, lr = (m.decoder.forward(ids, keep=0) for m in (fast, portable, ref))
         for m in (fast, portable, ref):
             m.decoder.reset()
-        np.testing.assert_allclose(la, lr, atol=2e-3)  # every logit (prefill rows)
+        # every logit (prefill rows), within what the fp16 cache moves them (the fp32 bundle's cache is fp32)
+        np.testing.assert_allclose(la, lr, atol=5e-2)
         top = np.argsort(-lb, axis=-1)[:, :32]  # the portable graph is exact only in its top 64
-        np.testing.assert_allclose(np.take_along_axis(la, top, -1), np.take_along_axis(lb, top, -1), atol=2e-3)
+        np.testing.assert_allclose(np.take_along_axis(la, top, -1), np.take_along_axis(lb, top, -1), atol=5e-2)
         fast.decoder.forward(ids)
         ref.decoder.forward(ids)
-        for t in (100, 200, 300):  # decode rows: our Q4_1 and Q8_0 streaming paths and our attention step
-            np.testing.assert_allclose(fast.decoder.forward([t])[-1], ref.decoder.forward([t])[-1], atol=2e-3)
+        for t in (100, 200, 300):  # decode rows: our Q4_1 and Q8_0 streaming paths and our attention step, on
+            # the fp16 cache (logits within a few hundredths, test_int4_bundle_carries_a_kernel_graph_...)
+            np.testing.assert_allclose(fast.decoder.forward([t])[-1], ref.decoder.forward([t])[-1], atol=5e-2)
         for m in (fast, ref):
             m.decoder.reset()
         assert fast.generate(msgs, max_new_tokens=24).text == portable.generate(msgs, max_new_tokens=24).text
@@ -349,10 +356,14 @@ def test_march_setting_is_shared_by_build_and_load(monkeypatch):
     assert kernels._lib_path(kernels._compiler(), kernels.headers_dir(fetch=False), kernels.target_arch()) != built
 
 
-def _gqa(domain: str, lib: str | None, nh=9, nkv=3, hd=64, maxpos=256, **attrs) -> ort.InferenceSession:
+def _rotary(hd: int, maxpos: int = 256) -> tuple[np.ndarray, np.ndarray]:
     ang = np.arange(maxpos)[:, None] / (10000 ** (np.arange(hd // 2) / (hd // 2)))[None]
-    inits = [numpy_helper.from_array(np.cos(ang).astype(np.float32), "cos"),
-             numpy_helper.from_array(np.sin(ang).astype(np.float32), "sin")]
+    return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
+
+
+def _gqa(domain: str, lib: str | None, nh=9, nkv=3, hd=64, maxpos=256, kv=TensorProto.FLOAT, **attrs) -> ort.InferenceSession:
+    cos, sin = _rotary(hd, maxpos)
+    inits = [numpy_helper.from_array(cos, "cos"), numpy_helper.from_array(sin, "sin")]
     a = {"num_heads": nh, "kv_num_heads": nkv, "scale": 1 / np.sqrt(hd), "do_rotary": 1, "rotary_interleaved": 0,
          "local_window_size": -1, "softcap": 0.0, **attrs}
     node = helper.make_node("GroupQueryAttention", ["q", "", "", "pk", "pv", "seqlens", "total", "cos", "sin"],
@@ -360,11 +371,12 @@ def _gqa(domain: str, lib: str | None, nh=9, nkv=3, hd=64, maxpos=256, **attrs) 
     f = TensorProto.FLOAT
     g = helper.make_graph([node], "g",
                           [helper.make_tensor_value_info("q", f, [1, None, (nh + 2 * nkv) * hd]),
-                           helper.make_tensor_value_info("pk", f, [1, nkv, None, hd]),
-                           helper.make_tensor_value_info("pv", f, [1, nkv, None, hd]),
+                           helper.make_tensor_value_info("pk", kv, [1, nkv, None, hd]),
+                           helper.make_tensor_value_info("pv", kv, [1, nkv, None, hd]),
                            helper.make_tensor_value_info("seqlens", TensorProto.INT32, [1]),
                            helper.make_tensor_value_info("total", TensorProto.INT32, [])],
-                          [helper.make_tensor_value_info(n, f, None) for n in ("y", "ok", "ov")], inits)
+                          [helper.make_tensor_value_info(n, t, None) for n, t in (("y", f), ("ok", kv), ("ov", kv))],
+                          inits)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(MS, 1),
                                                 helper.make_opsetid("cogenesis", 1)])
     so = ort.SessionOptions()
@@ -375,9 +387,9 @@ def _gqa(domain: str, lib: str | None, nh=9, nkv=3, hd=64, maxpos=256, **attrs) 
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def _run_steps(sess, steps, cap: int, shared: bool, nkv=3, hd=64):
+def _run_steps(sess, steps, cap: int, shared: bool, nkv=3, hd=64, dtype=np.float32):
     """Prefill + decode steps with one KV buffer bound as past and present (as our runtime does), or not."""
-    kn, vn = np.zeros((1, nkv, cap, hd), np.float32), np.zeros((1, nkv, cap, hd), np.float32)
+    kn, vn = np.zeros((1, nkv, cap, hd), dtype), np.zeros((1, nkv, cap, hd), dtype)
     k, v = ort.OrtValue.ortvalue_from_numpy(kn), ort.OrtValue.ortvalue_from_numpy(vn)  # borrow kn, vn: keep them
     outs, n = [], 0
     for q in steps:
@@ -436,6 +448,119 @@ def test_attention_unsupported_attributes_use_onnxruntime(lib):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def _attention_reference(steps, nh: int, nkv: int, hd: int, f16: bool, keys16: np.ndarray | None = None):
+    """float64 GroupQueryAttention (half-split rotary, causal) over the steps, written from the op's definition.
+    f16: the cache keeps keys and values rounded to fp16 (numpy's round to nearest even) as they are stored, and
+    every query reads them as stored, its own row included, in a prefill as in a one-token step.
+    keys16: the op's stored keys [1, nkv, n, hd], used as the stored keys (a key rotated in fp32 and one rotated
+    in float64 round to neighbouring fp16 values about once in 10^4; check them apart, within one fp16 step).
+    Returns the outputs and the cache contents (rotated keys, values) as float64."""
+    cos, sin = (t.astype(np.float64) for t in _rotary(hd))
+    half, group = hd // 2, nh // nkv
+
+    def rot(x, pos):  # x [tokens, heads, hd]
+        c, s_ = cos[pos][:, None], sin[pos][:, None]
+        a, b = x[..., :half], x[..., half:]
+        return np.concatenate([a * c - b * s_, b * c + a * s_], -1)
+
+    def stored(x, rows=None):
+        if f16 and keys16 is not None and rows is not None:
+            return keys16[0][:, rows].transpose(1, 0, 2).astype(np.float64)
+        return x.astype(np.float16).astype(np.float64) if f16 else x
+
+    keys, values, outs, n = np.zeros((0, nkv, hd)), np.zeros((0, nkv, hd)), [], 0
+    for step in steps:
+        x = step[0].astype(np.float64)
+        s = x.shape[0]
+        pos = np.arange(n, n + s)
+        q = rot(x[:, : nh * hd].reshape(s, nh, hd), pos)
+        k = rot(x[:, nh * hd : (nh + nkv) * hd].reshape(s, nkv, hd), pos)
+        v = x[:, (nh + nkv) * hd :].reshape(s, nkv, hd)
+        ak, av = np.concatenate([keys, stored(k, pos)]), np.concatenate([values, stored(v)])
+        y = np.zeros((s, nh, hd))
+        for i in range(s):
+            for h in range(nh):
+                sc = ak[: n + i + 1, h // group] @ q[i, h] / np.sqrt(hd)
+                p = np.exp(sc - sc.max())
+                y[i, h] = p @ av[: n + i + 1, h // group] / p.sum()
+        outs.append(y.reshape(1, s, nh * hd))
+        keys, values, n = np.concatenate([keys, stored(k, pos)]), np.concatenate([values, stored(v)]), n + s
+    return outs, keys.transpose(1, 0, 2)[None], values.transpose(1, 0, 2)[None]
+
+
+def test_attention_reference_equals_onnxruntime_gqa():
+    """The float64 reference the fp16 tests use, checked against com.microsoft's op on an fp32 cache."""
+    rng = np.random.default_rng(13)
+    steps = [rng.standard_normal((1, 5, 15 * 64)).astype(np.float32)]
+    steps += [rng.standard_normal((1, 1, 15 * 64)).astype(np.float32) for _ in range(9)]
+    ref, rk, rv = _attention_reference(steps, 9, 3, 64, f16=False)
+    ort_out, ok, ov, n = _run_steps(_gqa(MS, None), steps, cap=32, shared=True)
+    for a, b in zip(ort_out, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5)
+    np.testing.assert_allclose(ok[:, :, :n], rk, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(ov[:, :, :n], rv)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("nh, nkv, hd", HEADS)
+def test_attention_with_fp16_cache_equals_float64(lib, shared, nh, nkv, hd):
+    """The kernel graph's fp16 KV cache: our prefill and decode steps against float64 attention over the same
+    fp16-rounded rows; a prefill after cached tokens included."""
+    rng = np.random.default_rng(14)
+    w = (nh + 2 * nkv) * hd
+    steps = [rng.standard_normal((1, 7, w)).astype(np.float32)]
+    steps += [rng.standard_normal((1, 1, w)).astype(np.float32) for _ in range(20)]
+    steps += [rng.standard_normal((1, 5, w)).astype(np.float32)]  # a prefill over cached rows
+    steps += [rng.standard_normal((1, 1, w)).astype(np.float32) for _ in range(20)]
+    sess = _gqa("cogenesis", lib, nh, nkv, hd, kv=TensorProto.FLOAT16)
+    ours, ok, ov, n = _run_steps(sess, steps, cap=64, shared=shared, nkv=nkv, hd=hd, dtype=np.float16)
+    assert ok.dtype == ov.dtype == np.float16
+    _, rk, rv = _attention_reference(steps, nh, nkv, hd, f16=True)
+    np.testing.assert_array_equal(ov[:, :, :n], rv.astype(np.float16))  # values: rounded exactly as numpy rounds
+    # keys: rotated in fp32 (ours) vs float64 (reference) before rounding: at most one fp16 step apart
+    np.testing.assert_allclose(ok[:, :, :n].astype(np.float64), rk, rtol=2 ** -10, atol=2 ** -24)
+    ref, *_ = _attention_reference(steps, nh, nkv, hd, f16=True, keys16=ok[:, :, :n])
+    for a, b in zip(ours, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5)
+
+
+def test_fp16_cache_gives_the_same_logits_however_the_prompt_is_split(lib):
+    """One prefill, a prefill then single steps, or single steps only: every query reads the same stored rows, so
+    the outputs agree up to the order of fp32 additions (a prefix-cache hit equals a cold run)."""
+    rng = np.random.default_rng(16)
+    nh, nkv, hd = 9, 3, 64
+    x = rng.standard_normal((1, 12, (nh + 2 * nkv) * hd)).astype(np.float32)
+    sess = _gqa("cogenesis", lib, nh, nkv, hd, kv=TensorProto.FLOAT16)
+    splits = ([x], [x[:, :5]] + [x[:, i : i + 1] for i in range(5, 12)], [x[:, i : i + 1] for i in range(12)])
+    outs = [np.concatenate(_run_steps(sess, steps, 32, True, nkv, hd, np.float16)[0], axis=1) for steps in splits]
+    for o in outs[1:]:
+        np.testing.assert_allclose(o, outs[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("attrs", [{}, {"local_window_size": 4}])
+def test_fp16_cache_rounds_to_nearest_even_like_numpy(lib, attrs):
+    """Values stored by our path (scalar rounding) and, with a local window, by onnxruntime's kernel on fp32
+    copies (rounded back by F16C / NEON conversions): bit for bit numpy's float16, across normal, subnormal, tie
+    and overflowing magnitudes."""
+    rng = np.random.default_rng(15)
+    nh, nkv, hd = 3, 3, 64
+    specials = np.array([1 + 2**-11, 1 + 3 * 2**-11, 2**-25, 3 * 2**-25, 2**-24, 6.1e-5, 65504, 65519, 65520, 1e6,
+                         -0.0, -(1 + 2**-11), -65520, 2**-14 - 2**-25], np.float32)
+    steps = []
+    for s in (6, 1, 1, 1, 1, 9, 1, 1):
+        x = rng.standard_normal((1, s, (nh + 2 * nkv) * hd)).astype(np.float32)
+        v = x[0, :, (nh + nkv) * hd :]
+        v *= (10.0 ** rng.uniform(-9, 5, v.shape)).astype(np.float32)  # every fp16 exponent, and beyond
+        v[:, : len(specials)] = specials
+        steps.append(x)
+    _, _, ov, n = _run_steps(_gqa("cogenesis", lib, nh, nkv, hd, kv=TensorProto.FLOAT16, **attrs), steps, cap=32,
+                             shared=True, nkv=nkv, hd=hd, dtype=np.float16)
+    vals = np.concatenate([x[0, :, (nh + nkv) * hd :] for x in steps]).reshape(n, nkv, hd).transpose(1, 0, 2)[None]
+    with np.errstate(over="ignore"):  # 65520 and up overflow to inf, as they should
+        want = vals.astype(np.float16)
+    np.testing.assert_array_equal(ov[:, :, :n].view(np.uint16), want.view(np.uint16))
+
+
 @pytest.fixture(scope="module", params=["x86-64-v2", "x86-64-v3"])
 def portable_lib(request) -> str:
     """x86-64-v2: no AVX2, so the plain C++ paths (what a CPU without a vector path runs); x86-64-v3: the AVX2 +
@@ -472,6 +597,14 @@ def test_portable_build_matches(portable_lib):
         for a, b in zip(ours, ref, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5)
         np.testing.assert_allclose(ok[:, :, :n], rk[:, :, :n], rtol=1e-5, atol=1e-6)
+        steps.append(steps[0][:, :3])  # and the fp16 cache, with a prefill over cached rows
+        steps += steps[1:6]
+        ours, ok, ov, n = _run_steps(_gqa("cogenesis", portable_lib, nh, nkv, hd, kv=TensorProto.FLOAT16), steps,
+                                     cap=64, shared=True, nkv=nkv, hd=hd, dtype=np.float16)
+        ref, _, rv = _attention_reference(steps, nh, nkv, hd, f16=True, keys16=ok[:, :, :n])
+        for a, b in zip(ours, ref, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5)
+        np.testing.assert_array_equal(ov[:, :, :n], rv.astype(np.float16))
 
 
 def test_kernel_graph_that_fails_to_load_falls_back_with_a_warning(int4_bundle, lib, tmp_path, monkeypatch):

@@ -21,7 +21,6 @@ from hypothesis import strategies as st
 pytestmark = pytest.mark.slow
 KEY = "budget-test-key"
 H = {"Authorization": f"Bearer {KEY}"}
-KV_PER_TOKEN = 2 * 30 * 3 * 64 * 4  # SmolLM2-135M: layers x (k, v) x kv heads x head dim x fp32 = 45 KiB
 
 
 def _held_by_decoders(app) -> int:
@@ -36,10 +35,17 @@ def _held_by_decoders(app) -> int:
 
 
 @pytest.fixture(scope="module")
-def budget_server(int4_model):
-    # 30 MiB: one session of 512 token slots (22.5 MiB) fits, two do not
+def budget_mb(int4_model) -> int:
+    """30 MiB with an fp32 cache: one session of 512 token slots (SmolLM2: 30 layers x (k, v) x 3 KV heads x 64 x
+    4 bytes = 45 KiB a slot, 22.5 MiB) fits, two do not. The kernel graph's fp16 cache is half that, so the budget
+    is scaled by the element size: the same token counts fit or do not either way."""
+    return 30 * int4_model.decoder.kv_dtype.itemsize // 4
+
+
+@pytest.fixture(scope="module")
+def budget_server(int4_model, budget_mb):
     # admit_wait_s 0.5: far shorter than the 400-token stream below, so the waiting request gets its 503
-    app = create_app(int4_model, api_key=KEY, kv_budget_mb=30, max_sessions=16, admit_wait_s=0.5)
+    app = create_app(int4_model, api_key=KEY, kv_budget_mb=budget_mb, max_sessions=16, admit_wait_s=0.5)
     with serve_in_thread(app) as srv:
         yield srv
 
@@ -50,20 +56,20 @@ def _complete(srv, session: str, max_tokens: int = 4, stream: bool = False, prom
                          stream=stream, timeout=120)
 
 
-def test_idle_sessions_are_evicted_to_stay_under_the_budget(budget_server):
+def test_idle_sessions_are_evicted_to_stay_under_the_budget(budget_server, budget_mb):
     for i in range(5):
         r = _complete(budget_server, f"s{i}")
         assert r.status_code == 200, r.text
-        assert _held_by_decoders(budget_server.app) <= 30 * 2**20
+        assert _held_by_decoders(budget_server.app) <= budget_mb * 2**20
     m = requests.get(budget_server.url + "/metrics", headers=H, timeout=10).json()
     assert m["sessions"] == 1 and m["evictions"] >= 4, m
 
 
-def test_a_request_that_can_never_fit_is_a_400_naming_the_budget(budget_server):
-    r = _complete(budget_server, "big", max_tokens=700)  # 1024 slots = 45 MiB > 30 MiB
+def test_a_request_that_can_never_fit_is_a_400_naming_the_budget(budget_server, budget_mb):
+    r = _complete(budget_server, "big", max_tokens=700)  # 1024 slots = 45 MiB > 30 MiB (fp32; halves with fp16)
     assert r.status_code == 400, r.text
     err = r.json()["error"]
-    assert "KV budget is 30 MiB" in err["message"] and err["param"] == "max_tokens"
+    assert f"KV budget is {budget_mb} MiB" in err["message"] and err["param"] == "max_tokens"
 
 
 def test_budget_held_by_a_running_request_gives_503_with_retry_after(budget_server):
@@ -88,7 +94,7 @@ def test_budget_held_by_a_running_request_gives_503_with_retry_after(budget_serv
     assert r.status_code == 200, r.text
 
 
-def test_a_request_waits_for_the_budget_instead_of_503(budget_server):
+def test_a_request_waits_for_the_budget_instead_of_503(budget_server, budget_mb):
     """With a longer admit wait, the second request is queued until the stream frees the memory, then answered."""
     settings_ = budget_server.app.state.cogenesis.settings
     settings_.admit_wait_s = 120.0
@@ -112,7 +118,7 @@ def test_a_request_waits_for_the_budget_instead_of_503(budget_server):
         settings_.admit_wait_s = 0.5
     assert r.status_code == 200, r.text
     assert out["answered"] >= out["stream_end"] - 0.5  # it ran after the stream let go, not beside it
-    assert peak[0] <= 30 * 2**20
+    assert peak[0] <= budget_mb * 2**20
 
 
 # ---- fuzz ---------------------------------------------------------------------------------------------------------

@@ -103,7 +103,9 @@ def test_errors_map_to_the_clients_exceptions(vllm_server, int4_model):
 
 def test_next_token_logprobs_with_and_without_drafts_match_the_device(vllm_server, int4_model):
     """vLLM computes in float32 from the HF folder, which is the dequantized GGUF; the int4 bundle keeps the GGUF's
-    own codes, so the two agree far inside the tolerance the reference server is held to."""
+    own codes. Its kernel graph keeps the KV cache in fp16 (vLLM's is fp32 here): measured 3.2e-3 at most, under 2e-3 with
+    an fp32 cache; an off-by-one position or a wrong prompt moves logprobs by far more than 1e-2."""
+    tol = 1e-2 if int4_model.decoder.kv_dtype == np.float16 else 2e-3
     v, m = vllm_server, int4_model
     served = Served(v)
     ids = m.encode(TEXT)
@@ -117,15 +119,15 @@ def test_next_token_logprobs_with_and_without_drafts_match_the_device(vllm_serve
         row = lp[len(prefix) - 1 + i]
         want = np.argsort(-row, kind="stable")[:8]
         assert len(d) == 8 and list(d.values()) == sorted(d.values(), reverse=True)
-        assert set(d) == {int(t) for t in want} or abs(row[want[-1]] - row[want[-2]]) < 2e-3
+        assert set(d) == {int(t) for t in want} or abs(row[want[-1]] - row[want[-2]]) < tol
         worst = max(worst, max(abs(val - row[t]) for t, val in d.items()))
-    assert worst < 2e-3, worst
+    assert worst < tol, worst
     with_tokens = c.next_token_logprobs(prefix, draft, k=1, include_tokens=True)
     for i, t in enumerate(draft):
-        assert t in with_tokens[i] and abs(with_tokens[i][t] - lp[len(prefix) - 1 + i, t]) < 2e-3
+        assert t in with_tokens[i] and abs(with_tokens[i][t] - lp[len(prefix) - 1 + i, t]) < tol
     alone = c.next_token_logprobs(ids, (), k=5)  # no drafts: logprobs of the generated token only
     assert len(alone) == 1 and len(alone[0]) == 5
-    assert all(abs(val - lp[-1, t]) < 2e-3 for t, val in alone[0].items())
+    assert all(abs(val - lp[-1, t]) < tol for t, val in alone[0].items())
     assert next(iter(alone[0])) == int(np.argmax(lp[-1]))
     assert c.requests_sent == 4  # GET /v1/models once, then the three completions
     assert served.delta(4, path="/v1/completions", method="POST") == 3

@@ -46,6 +46,11 @@ def cmd_export(a) -> int:
         print(f"  signed: manifest.sig (Ed25519 key {sign_bundle(out, a.sign_key)})")
     print(f"  quant {rep['quant']['scheme']}  greedy identical {p['greedy_identical_prompts']}/{p['prompts']}  "
           f"teacher-forced top-1 {p['teacher_forced_top1']:.4f}  mean KL {p['mean_kl']:.5f}")
+    kp = rep.get("kernel_parity", {})
+    if "decode_top1" in kp:
+        print(f"  kernel graph: greedy identical "
+              f"{kp['greedy_identical_prompts']}/{kp['prompts']}  decode-step top-1 {kp['decode_top1']:.4f}  "
+              f"mean KL {kp['decode_mean_kl']:.6f}")
     if "genai_parity" in rep:
         g = rep["genai_parity"]
         print(f"  under onnxruntime-genai (og.Generator): greedy identical {g['greedy_identical_prompts']}/{g['prompts']}")
@@ -90,6 +95,8 @@ def cmd_info(a) -> int:
         kp = rep.get("kernel_parity", {})
         par = (f"top-1 {kp['teacher_forced_top1']:.4f}, greedy identical {kp['greedy_identical_prompts']}/{kp['prompts']}"
                if "teacher_forced_top1" in kp else kp.get("skipped", "no parity recorded"))
+        if "decode_top1" in kp:
+            par += f", decode-step top-1 {kp['decode_top1']:.4f} ({kg.get('kv_dtype', 'float32')} KV cache)"
         try:
             used = kernels.usage()[1]
         except kernels.KernelError:  # COGENESIS_KERNELS=1 and no library: loading this bundle would fail

@@ -28,6 +28,26 @@ inline uint16_t to_half(float f) {  // exact for values that are fp16 (checked b
   return uint16_t(sign | (uint32_t(e) << 10) | (mant >> 13));
 }
 
+// fp32 -> fp16 rounded to nearest even, as numpy's astype(float16) and F16C's vcvtps2ph do (F. Giesen's
+// float_to_half_fast3_rtne; scalar so that every build, NEON and plain C++ included, stores the same bits).
+inline uint16_t round_half(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const uint32_t sign = (x >> 16) & 0x8000u;
+  x &= 0x7fffffffu;
+  if (x >= 0x47800000u) return uint16_t(sign | (x > 0x7f800000u ? 0x7e00u : 0x7c00u));  // >= 65536: inf, NaN
+  if (x < 0x38800000u) {  // below 2^-14: subnormal or zero; the fp32 addition rounds to nearest even
+    float a;
+    std::memcpy(&a, &x, 4);
+    a += 0.5f;
+    uint32_t r;
+    std::memcpy(&r, &a, 4);
+    return uint16_t(sign | (r - 0x3f000000u));
+  }
+  x += 0xc8000fffu + ((x >> 13) & 1u);  // exponent rebias (-112 << 23) and the rounding bias
+  return uint16_t(sign | (x >> 13));
+}
+
 inline float from_half(uint16_t h) {
   const uint32_t sign = uint32_t(h & 0x8000u) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ffu;
   uint32_t x;
