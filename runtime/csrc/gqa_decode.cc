@@ -182,11 +182,12 @@ struct GqaKernel {
   void store_new_rows(const OrtValue* const* in, float* q, void* kc, void* vc, int64_t m, int64_t first,
                       int64_t half, int64_t hd, int64_t cap, bool f16) const {
     const float* qkv = Ort::ConstValue(in[0]).GetTensorData<float>();
+    const float* cos0 = Ort::ConstValue(in[7]).GetTensorData<float>();
+    const float* sin0 = Ort::ConstValue(in[8]).GetTensorData<float>();
     float* krow = q + m * nh * hd;
     for (int64_t t = 0; t < m; ++t, qkv += (nh + 2 * nkv) * hd) {
       const int64_t pos = first + t;
-      const float* cosp = Ort::ConstValue(in[7]).GetTensorData<float>() + pos * half;
-      const float* sinp = Ort::ConstValue(in[8]).GetTensorData<float>() + pos * half;
+      const float *cosp = cos0 + pos * half, *sinp = sin0 + pos * half;
       for (int64_t h = 0; h < nh; ++h) rotate(qkv + h * hd, q + (t * nh + h) * hd, cosp, sinp, half, hd);
       for (int64_t h = 0; h < nkv; ++h) {
         rotate(qkv + (nh + h) * hd, krow, cosp, sinp, half, hd);
